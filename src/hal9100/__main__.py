@@ -1,0 +1,5 @@
+import sys
+
+from hal9100.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""The ASGI application: routes at the root (as the original README's curl calls use) and
+under /v1 (what SDK users put in base_url), with OpenAI's error shape everywhere."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from hal9100 import __version__
+from hal9100.assistants.endpoints import router as assistants_router
+from hal9100.config import Settings
+from hal9100.core.auth import APIKeyMiddleware
+from hal9100.core.errors import install_error_handlers
+from hal9100.files.endpoints import router as files_router
+from hal9100.messages.endpoints import router as messages_router
+from hal9100.runs.endpoints import router as runs_router
+from hal9100.runs.worker import Worker
+from hal9100.runtime import build_runtime
+from hal9100.threads.endpoints import router as threads_router
+
+log = logging.getLogger(__name__)
+
+
+def api_router() -> APIRouter:
+    router = APIRouter()
+    # Runs first: `POST /threads/runs` must not be taken for `POST /threads/{thread_id}`.
+    for part in (runs_router, assistants_router, threads_router, messages_router, files_router):
+        router.include_router(part)
+    return router
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await build_runtime(settings)
+        app.state.runtime = runtime
+        # Embedded mode executes runs in this process.
+        worker = Worker(runtime, settings.worker_concurrency)
+        await worker.start()
+        try:
+            yield
+        finally:
+            await worker.stop()
+            await runtime.aclose()
+
+    app = FastAPI(title="HAL-9100", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    routes = api_router()
+    app.include_router(routes, prefix="/v1")
+    app.include_router(routes, include_in_schema=False)
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    if settings.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+    return app

@@ -1,0 +1,97 @@
+"""Settings, read from the environment and a `.env` file in the working directory.
+
+The production variables keep the original HAL-9100 names (DATABASE_URL, REDIS_URL, S3_*,
+MODEL_URL); everything of ours is HAL9100_*. An unset production variable means the embedded
+part: SQLite instead of PostgreSQL, a local folder instead of S3, in-process instead of Redis.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hal9100.llm.router import ModelRoute
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # --- production parts (original HAL-9100 names); unset = embedded part ---
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    s3_endpoint: str | None = Field(default=None, validation_alias="S3_ENDPOINT")
+    s3_access_key: str | None = Field(default=None, validation_alias="S3_ACCESS_KEY")
+    s3_secret_key: str | None = Field(default=None, validation_alias="S3_SECRET_KEY")
+    s3_bucket_name: str = Field(default="hal9100", validation_alias="S3_BUCKET_NAME")
+    s3_region: str = Field(default="us-east-1", validation_alias="S3_REGION")
+
+    # --- LLM backends ---
+    model_url: str | None = Field(default=None, validation_alias="MODEL_URL")
+    model_api_key: str | None = Field(default=None, validation_alias="MODEL_API_KEY")
+    anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = Field(default=None, validation_alias="ANTHROPIC_BASE_URL")
+    # JSON list of routes: [{"match": "claude-*", "backend": "anthropic"}, ...]
+    model_routes: list[ModelRoute] = Field(
+        default_factory=list, validation_alias="HAL9100_MODEL_ROUTES"
+    )
+    default_context_window: int = Field(
+        default=8192, validation_alias="HAL9100_DEFAULT_CONTEXT_WINDOW"
+    )
+
+    # --- ours ---
+    data_dir: Path = Field(default=Path("hal9100-data"), validation_alias="HAL9100_DATA_DIR")
+    api_key: str | None = Field(default=None, validation_alias="HAL9100_API_KEY")
+    worker_concurrency: int = Field(default=64, validation_alias="HAL9100_WORKER_CONCURRENCY")
+    # How long a run may stay unfinished (queued, in progress or requires_action) before it
+    # becomes `expired`; OpenAI uses ten minutes.
+    run_expiry_seconds: int = Field(default=600, validation_alias="HAL9100_RUN_EXPIRY_SECONDS")
+    # A worker renews its lease on a run every third of this; a run whose lease lapses (the
+    # worker died) is taken over by another worker after at most this long.
+    lease_seconds: float = Field(default=30.0, validation_alias="HAL9100_LEASE_SECONDS")
+    # How often expired runs and runs with lapsed leases are looked for.
+    sweep_seconds: float = Field(default=5.0, validation_alias="HAL9100_SWEEP_SECONDS")
+    llm_max_retries: int = Field(default=3, validation_alias="HAL9100_LLM_MAX_RETRIES")
+    llm_retry_base_delay: float = Field(
+        default=0.5, validation_alias="HAL9100_LLM_RETRY_BASE_DELAY"
+    )
+    llm_timeout: float = Field(default=600.0, validation_alias="HAL9100_LLM_TIMEOUT")
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024, validation_alias="HAL9100_MAX_UPLOAD_BYTES"
+    )
+    log_level: str = Field(default="info", validation_alias="HAL9100_LOG_LEVEL")
+
+    @field_validator("model_routes", mode="before")
+    @classmethod
+    def _parse_routes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else []
+        return value
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        """The async SQLAlchemy URL: DATABASE_URL's `postgres://` spellings mapped to asyncpg,
+        or the embedded SQLite file in the data directory."""
+        url = self.database_url
+        if not url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'hal9100.sqlite3').resolve()}"
+        for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        if url.startswith("sqlite://") and "+aiosqlite" not in url:
+            return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+        return url
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

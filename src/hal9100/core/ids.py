@@ -1,0 +1,44 @@
+"""OpenAI-style object ids: a type prefix and 24 random base62 characters."""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(prefix: str, length: int = 24) -> str:
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def assistant_id() -> str:
+    return new_id("asst_")
+
+
+def thread_id() -> str:
+    return new_id("thread_")
+
+
+def message_id() -> str:
+    return new_id("msg_")
+
+
+def file_id() -> str:
+    return new_id("file-", 22)
+
+
+def run_id() -> str:
+    return new_id("run_")
+
+
+def step_id() -> str:
+    return new_id("step_")
+
+
+def call_id() -> str:
+    return new_id("call_")
+
+
+def vector_store_id() -> str:
+    return new_id("vs_")

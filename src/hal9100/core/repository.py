@@ -1,0 +1,59 @@
+"""The queries every domain shares; each domain's repository adds its own on top."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Generic, TypeVar
+
+from sqlalchemy import Select, delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hal9100.core.errors import not_found
+from hal9100.core.pagination import ListParams, paginate
+
+M = TypeVar("M")
+
+
+class Repository(Generic[M]):
+    model: ClassVar[type[Any]]
+    # How a missing object is named in OpenAI's 404 message ("No thread found with id ...").
+    noun: ClassVar[str]
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, object_id: str) -> M | None:
+        result = await self.session.scalars(select(self.model).where(self.model.id == object_id))
+        return result.first()
+
+    async def get_or_404(self, object_id: str, param: str | None = None) -> M:
+        obj = await self.get(object_id)
+        if obj is None:
+            raise not_found(self.noun, object_id, param)
+        return obj
+
+    async def exists(self, object_id: str) -> bool:
+        found = await self.session.scalar(
+            select(self.model.seq).where(self.model.id == object_id).limit(1)
+        )
+        return found is not None
+
+    async def missing_ids(self, ids: list[str]) -> list[str]:
+        if not ids:
+            return []
+        found = set(await self.session.scalars(select(self.model.id).where(self.model.id.in_(ids))))
+        return [i for i in ids if i not in found]
+
+    async def page(
+        self, params: ListParams, query: Select[Any] | None = None
+    ) -> tuple[list[M], bool]:
+        return await paginate(
+            self.session, self.model, query if query is not None else select(self.model), params
+        )
+
+    def add(self, obj: M) -> M:
+        self.session.add(obj)
+        return obj
+
+    async def delete_by_id(self, object_id: str) -> bool:
+        result = await self.session.execute(delete(self.model).where(self.model.id == object_id))
+        return bool(getattr(result, "rowcount", 0))

@@ -1,0 +1,173 @@
+"""Pydantic types shared by every domain: request base, metadata, tools, list envelopes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+
+T = TypeVar("T")
+
+
+class RequestModel(BaseModel):
+    """Base of every request body: OpenAI rejects arguments it does not know."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ObjectModel(BaseModel):
+    """Base of every API object we return."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+def _type_tag(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return f"<{kind}>" if isinstance(kind, str) else None
+
+
+def tagged_union(*models: type[BaseModel]) -> Any:
+    """A union told apart by its `type` field, OpenAI's way of typing tools and parts.
+
+    Tags are written `<type>` so that error locations can drop them: OpenAI's `param` reads
+    `tools[0].function.name`, where pydantic's own location repeats the tag."""
+    members = tuple(
+        Annotated[model, Tag(f"<{get_args(model.model_fields['type'].annotation)[0]}>")]
+        for model in models
+    )
+    return Annotated[Union[members], Discriminator(_type_tag)]  # noqa: UP007
+
+
+def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if len(value) > 16:
+        raise ValueError("metadata can have at most 16 keys")
+    for key, item in value.items():
+        if len(key) > 64:
+            raise ValueError(f"metadata key '{key[:20]}...' is longer than 64 characters")
+        if len(item) > 512:
+            raise ValueError(f"metadata value for '{key}' is longer than 512 characters")
+    return value
+
+
+Metadata = Annotated[dict[str, str] | None, AfterValidator(_check_metadata)]
+
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class FunctionDefinition(RequestModel):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class RankingOptions(RequestModel):
+    ranker: Literal["auto", "default_2024_08_21"] = "auto"
+    score_threshold: float = Field(ge=0, le=1)
+
+
+class FileSearchOptions(RequestModel):
+    max_num_results: int | None = Field(default=None, ge=1, le=50)
+    ranking_options: RankingOptions | None = None
+
+
+class CodeInterpreterTool(RequestModel):
+    type: Literal["code_interpreter"]
+
+
+class FileSearchTool(RequestModel):
+    type: Literal["file_search"]
+    file_search: FileSearchOptions | None = None
+
+
+class FunctionTool(RequestModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+Tool = tagged_union(CodeInterpreterTool, FileSearchTool, FunctionTool)
+
+
+class CodeInterpreterResources(RequestModel):
+    file_ids: list[str] = Field(default_factory=list, max_length=20)
+
+
+class ChunkingStrategyStatic(RequestModel):
+    max_chunk_size_tokens: int = Field(ge=100, le=4096)
+    chunk_overlap_tokens: int = Field(ge=0)
+
+
+class ChunkingStrategy(RequestModel):
+    type: Literal["auto", "static"]
+    static: ChunkingStrategyStatic | None = None
+
+
+class VectorStoreHelper(RequestModel):
+    file_ids: list[str] = Field(default_factory=list)
+    chunking_strategy: ChunkingStrategy | None = None
+    metadata: Metadata = None
+
+
+class FileSearchResources(RequestModel):
+    vector_store_ids: list[str] | None = Field(default=None, max_length=1)
+    vector_stores: list[VectorStoreHelper] | None = Field(default=None, max_length=1)
+
+
+class ToolResources(RequestModel):
+    code_interpreter: CodeInterpreterResources | None = None
+    file_search: FileSearchResources | None = None
+
+
+class ResponseFormatText(RequestModel):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(RequestModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(RequestModel):
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    # `schema` shadows a BaseModel attribute, hence the alias.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ResponseFormatJsonSchema(RequestModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Literal["auto"] | tagged_union(
+    ResponseFormatText, ResponseFormatJsonObject, ResponseFormatJsonSchema
+)
+
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+
+
+def dump_json(value: Any) -> Any:
+    """A request sub-model as the plain JSON we store and return (aliases, no unset keys)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(value, list):
+        return [dump_json(v) for v in value]
+    return value
+
+
+class ListResponse(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class DeletedObject(BaseModel):
+    id: str
+    object: str
+    deleted: bool = True

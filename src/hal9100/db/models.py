@@ -1,0 +1,178 @@
+"""The tables. One set of SQLAlchemy models serves SQLite and PostgreSQL.
+
+Every API object has a `seq` (insertion order, the tie-breaker for cursors) and its public
+`id`. Nested OpenAI structures (tools, content parts, step details) are JSON columns: they are
+returned as they were given and never queried into.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JsonType, list[Any]: JsonType}
+
+
+class Assistant(Base):
+    __tablename__ = "assistants"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    name: Mapped[str | None] = mapped_column(String(256))
+    description: Mapped[str | None] = mapped_column(String(512))
+    instructions: Mapped[str | None] = mapped_column(Text)
+    tools: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+    tool_resources: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
+    temperature: Mapped[float | None] = mapped_column(Float)
+    top_p: Mapped[float | None] = mapped_column(Float)
+    response_format: Mapped[Any | None] = mapped_column(JsonType)
+    reasoning_effort: Mapped[str | None] = mapped_column(String(16))
+
+
+class Thread(Base):
+    __tablename__ = "threads"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    tool_resources: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_thread_order", "thread_id", "created_at", "seq"),)
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    thread_id: Mapped[str] = mapped_column(String(64), ForeignKey("threads.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="completed")
+    incomplete_details: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    completed_at: Mapped[int | None] = mapped_column(BigInteger)
+    incomplete_at: Mapped[int | None] = mapped_column(BigInteger)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+    assistant_id: Mapped[str | None] = mapped_column(String(64))
+    run_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    attachments: Mapped[list[Any] | None] = mapped_column(JsonType)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
+
+
+class File(Base):
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_purpose_order", "purpose", "created_at", "seq"),)
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    filename: Mapped[str] = mapped_column(String(1024))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="processed")
+    status_details: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    # Where the bytes live in object storage; not part of the API object.
+    storage_key: Mapped[str] = mapped_column(String(1024))
+    content_type: Mapped[str | None] = mapped_column(String(256))
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_thread_order", "thread_id", "created_at", "seq"),
+        Index("ix_runs_status", "status"),
+    )
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    thread_id: Mapped[str] = mapped_column(String(64), ForeignKey("threads.id", ondelete="CASCADE"))
+    assistant_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(24))
+    required_action: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[int | None] = mapped_column(BigInteger)
+    cancelled_at: Mapped[int | None] = mapped_column(BigInteger)
+    failed_at: Mapped[int | None] = mapped_column(BigInteger)
+    completed_at: Mapped[int | None] = mapped_column(BigInteger)
+    incomplete_details: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    model: Mapped[str] = mapped_column(String(256))
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    tools: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    temperature: Mapped[float | None] = mapped_column(Float)
+    top_p: Mapped[float | None] = mapped_column(Float)
+    max_prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    max_completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    truncation_strategy: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    tool_choice: Mapped[Any] = mapped_column(JsonType)
+    parallel_tool_calls: Mapped[bool] = mapped_column(Boolean, default=True)
+    response_format: Mapped[Any | None] = mapped_column(JsonType)
+    reasoning_effort: Mapped[str | None] = mapped_column(String(16))
+    # --- execution state, not part of the API object ---
+    additional_instructions: Mapped[str | None] = mapped_column(Text)
+    include: Mapped[list[Any] | None] = mapped_column(JsonType)
+    # The worker holding the run and until when; another worker may take over after that.
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    # Incremented on every takeover: a worker whose epoch is stale must not write.
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    # Set when the user asked to cancel; the executor notices it between and during LLM calls.
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class RunStep(Base):
+    __tablename__ = "run_steps"
+    __table_args__ = (Index("ix_run_steps_run_order", "run_id", "created_at", "seq"),)
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("runs.id", ondelete="CASCADE"))
+    thread_id: Mapped[str] = mapped_column(String(64))
+    assistant_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(24))
+    status: Mapped[str] = mapped_column(String(24))
+    step_details: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    expired_at: Mapped[int | None] = mapped_column(BigInteger)
+    cancelled_at: Mapped[int | None] = mapped_column(BigInteger)
+    failed_at: Mapped[int | None] = mapped_column(BigInteger)
+    completed_at: Mapped[int | None] = mapped_column(BigInteger)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JsonType)

@@ -1,0 +1,127 @@
+"""Files: uploaded bytes in object storage, described by a row in the database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import UploadFile
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hal9100.core import ids
+from hal9100.core.clock import now
+from hal9100.core.errors import APIError, bad_request
+from hal9100.core.pagination import ListParams, envelope
+from hal9100.core.schemas import ListResponse
+from hal9100.db.models import File
+from hal9100.files.repository import FileRepository
+from hal9100.files.schemas import PURPOSES, FileDeleted, FileObject
+from hal9100.storage.base import CHUNK_SIZE, ObjectStorage
+
+
+def to_object(row: File) -> FileObject:
+    return FileObject(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        filename=row.filename,
+        purpose=row.purpose,
+        status=row.status,
+        status_details=row.status_details,
+    )
+
+
+async def _chunks(upload: UploadFile, limit: int) -> AsyncIterator[bytes]:
+    # UploadFile has already spooled the body to a temporary file past 1 MB; read it back in
+    # chunks so no upload is ever whole in memory.
+    total = 0
+    while chunk := await upload.read(CHUNK_SIZE):
+        total += len(chunk)
+        if total > limit:
+            raise bad_request(f"File is larger than the limit of {limit} bytes.", "file")
+        yield chunk
+
+
+async def create(
+    session: AsyncSession,
+    storage: ObjectStorage,
+    upload: UploadFile,
+    purpose: str,
+    *,
+    max_bytes: int,
+    expires_after_seconds: int | None = None,
+) -> FileObject:
+    if purpose not in PURPOSES:
+        raise bad_request(
+            f"Invalid value for 'purpose': '{purpose}'. Expected one of {', '.join(PURPOSES)}.",
+            "purpose",
+        )
+    file_id = ids.file_id()
+    key = f"files/{file_id}"
+    size = await storage.put(key, _chunks(upload, max_bytes))
+    created = now()
+    row = File(
+        id=file_id,
+        created_at=created,
+        filename=upload.filename or "upload",
+        purpose=purpose,
+        bytes=size,
+        status="processed",
+        expires_at=created + expires_after_seconds if expires_after_seconds else None,
+        storage_key=key,
+        content_type=upload.content_type,
+    )
+    FileRepository(session).add(row)
+    try:
+        await session.commit()
+    except BaseException:
+        await storage.delete(key)
+        raise
+    return to_object(row)
+
+
+async def retrieve(session: AsyncSession, file_id: str) -> FileObject:
+    return to_object(await FileRepository(session).get_or_404(file_id))
+
+
+async def list_(
+    session: AsyncSession, params: ListParams, purpose: str | None
+) -> ListResponse[FileObject]:
+    rows, has_more = await FileRepository(session).page_by_purpose(params, purpose)
+    return envelope([to_object(r) for r in rows], has_more)
+
+
+async def delete(session: AsyncSession, storage: ObjectStorage, file_id: str) -> FileDeleted:
+    repo = FileRepository(session)
+    row = await repo.get_or_404(file_id)
+    await repo.delete_by_id(file_id)
+    await session.commit()
+    # Bytes go after the row: a crash in between leaves an orphan object, never a row that
+    # points at nothing.
+    await storage.delete(row.storage_key)
+    return FileDeleted(id=file_id)
+
+
+async def open_content(
+    session: AsyncSession, storage: ObjectStorage, file_id: str
+) -> tuple[File, AsyncIterator[bytes]]:
+    row = await FileRepository(session).get_or_404(file_id)
+    stream = storage.get(row.storage_key)
+    # Pull the first chunk now so a missing object is a clean error, not a broken stream.
+    iterator = aiter(stream)
+    try:
+        first = await anext(iterator)
+    except StopAsyncIteration:
+        first = b""
+    except KeyError as exc:
+        raise APIError(
+            500, f"The contents of file '{file_id}' are missing from storage.", type="server_error"
+        ) from exc
+
+    async def body() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        async for chunk in iterator:
+            yield chunk
+
+    return row, body()

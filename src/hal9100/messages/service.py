@@ -1,0 +1,137 @@
+"""Messages of a thread: what users write and what runs answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hal9100.core import ids
+from hal9100.core.clock import now
+from hal9100.core.errors import APIError, not_found
+from hal9100.core.pagination import ListParams, envelope
+from hal9100.core.resources import check_file_ids
+from hal9100.core.schemas import DeletedObject, ListResponse, dump_json
+from hal9100.db.models import Message
+from hal9100.messages.repository import MessageRepository
+from hal9100.messages.schemas import MessageCreate, MessageObject, MessageUpdate
+from hal9100.threads.repository import ThreadRepository
+
+
+def to_object(row: Message) -> MessageObject:
+    return MessageObject(
+        id=row.id,
+        created_at=row.created_at,
+        thread_id=row.thread_id,
+        status=row.status,
+        incomplete_details=row.incomplete_details,
+        completed_at=row.completed_at,
+        incomplete_at=row.incomplete_at,
+        role=row.role,
+        content=row.content,
+        assistant_id=row.assistant_id,
+        run_id=row.run_id,
+        attachments=row.attachments if row.attachments is not None else [],
+        metadata=row.metadata_ or {},
+    )
+
+
+def content_parts(body: MessageCreate) -> list[dict[str, Any]]:
+    """The request's content in the stored (response) form."""
+    if isinstance(body.content, str):
+        return [{"type": "text", "text": {"value": body.content, "annotations": []}}]
+    parts: list[dict[str, Any]] = []
+    for part in body.content:
+        if part.type == "text":
+            parts.append({"type": "text", "text": {"value": part.text, "annotations": []}})
+        elif part.type == "image_file":
+            parts.append({"type": "image_file", "image_file": dump_json(part.image_file)})
+        else:
+            parts.append({"type": "image_url", "image_url": dump_json(part.image_url)})
+    return parts
+
+
+async def build_message(
+    session: AsyncSession, thread_id: str, body: MessageCreate, param: str = ""
+) -> Message:
+    """Validate and build (not add) a message row; `param` prefixes error locations."""
+    prefix = f"{param}." if param else ""
+    image_ids = (
+        [
+            p.image_file.file_id
+            for p in body.content
+            if not isinstance(p, str) and p.type == "image_file"
+        ]
+        if not isinstance(body.content, str)
+        else []
+    )
+    await check_file_ids(session, image_ids, f"{prefix}content.image_file.file_id")
+    attachments = body.attachments or []
+    await check_file_ids(session, [a.file_id for a in attachments], f"{prefix}attachments.file_id")
+    return Message(
+        id=ids.message_id(),
+        created_at=now(),
+        thread_id=thread_id,
+        status="completed",
+        role=body.role,
+        content=content_parts(body),
+        attachments=dump_json(attachments),
+        metadata_=body.metadata or {},
+    )
+
+
+async def _ensure_no_active_run(session: AsyncSession, thread_id: str) -> None:
+    from hal9100.runs.repository import RunRepository
+
+    active = await RunRepository(session).active_run_id(thread_id)
+    if active is not None:
+        raise APIError(
+            400,
+            f"Can't add messages to {thread_id} while a run {active} is active.",
+        )
+
+
+async def create(session: AsyncSession, thread_id: str, body: MessageCreate) -> MessageObject:
+    await ThreadRepository(session).get_or_404(thread_id)
+    await _ensure_no_active_run(session, thread_id)
+    row = await build_message(session, thread_id, body)
+    MessageRepository(session).add(row)
+    await session.commit()
+    return to_object(row)
+
+
+async def _get(session: AsyncSession, thread_id: str, message_id: str) -> Message:
+    await ThreadRepository(session).get_or_404(thread_id)
+    row = await MessageRepository(session).get_in_thread(thread_id, message_id)
+    if row is None:
+        raise not_found("message", message_id)
+    return row
+
+
+async def retrieve(session: AsyncSession, thread_id: str, message_id: str) -> MessageObject:
+    return to_object(await _get(session, thread_id, message_id))
+
+
+async def update(
+    session: AsyncSession, thread_id: str, message_id: str, body: MessageUpdate
+) -> MessageObject:
+    row = await _get(session, thread_id, message_id)
+    if "metadata" in body.model_fields_set:
+        row.metadata_ = body.metadata or {}
+    await session.commit()
+    return to_object(row)
+
+
+async def delete(session: AsyncSession, thread_id: str, message_id: str) -> DeletedObject:
+    await _get(session, thread_id, message_id)
+    await MessageRepository(session).delete_by_id(message_id)
+    await session.commit()
+    return DeletedObject(id=message_id, object="thread.message.deleted")
+
+
+async def list_(
+    session: AsyncSession, thread_id: str, params: ListParams, run_id: str | None
+) -> ListResponse[MessageObject]:
+    await ThreadRepository(session).get_or_404(thread_id)
+    rows, has_more = await MessageRepository(session).page_in_thread(thread_id, params, run_id)
+    return envelope([to_object(r) for r in rows], has_more)

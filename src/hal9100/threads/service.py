@@ -1,0 +1,76 @@
+"""Threads: conversations that hold messages and runs."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete as sql_delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hal9100.core import ids
+from hal9100.core.clock import now
+from hal9100.core.resources import check_tool_resources
+from hal9100.core.schemas import DeletedObject
+from hal9100.db.models import Message, Run, RunStep, Thread
+from hal9100.messages.service import build_message
+from hal9100.threads.repository import ThreadRepository
+from hal9100.threads.schemas import ThreadCreate, ThreadObject, ThreadUpdate
+
+
+def to_object(row: Thread) -> ThreadObject:
+    return ThreadObject(
+        id=row.id,
+        created_at=row.created_at,
+        tool_resources=row.tool_resources or {},
+        metadata=row.metadata_ or {},
+    )
+
+
+async def build_thread(session: AsyncSession, body: ThreadCreate) -> Thread:
+    """Validate and add a thread with its initial messages, without committing (create and
+    run adds its run in the same transaction)."""
+    thread = Thread(
+        id=ids.thread_id(),
+        created_at=now(),
+        tool_resources=await check_tool_resources(session, body.tool_resources),
+        metadata_=body.metadata or {},
+    )
+    session.add(thread)
+    messages = [
+        await build_message(session, thread.id, message, f"messages[{index}]")
+        for index, message in enumerate(body.messages)
+    ]
+    # Flush the thread first: messages reference it.
+    await session.flush()
+    session.add_all(messages)
+    return thread
+
+
+async def create(session: AsyncSession, body: ThreadCreate) -> ThreadObject:
+    thread = await build_thread(session, body)
+    await session.commit()
+    return to_object(thread)
+
+
+async def retrieve(session: AsyncSession, thread_id: str) -> ThreadObject:
+    return to_object(await ThreadRepository(session).get_or_404(thread_id))
+
+
+async def update(session: AsyncSession, thread_id: str, body: ThreadUpdate) -> ThreadObject:
+    row = await ThreadRepository(session).get_or_404(thread_id)
+    if "tool_resources" in body.model_fields_set:
+        row.tool_resources = await check_tool_resources(session, body.tool_resources)
+    if "metadata" in body.model_fields_set:
+        row.metadata_ = body.metadata or {}
+    await session.commit()
+    return to_object(row)
+
+
+async def delete(session: AsyncSession, thread_id: str) -> DeletedObject:
+    await ThreadRepository(session).get_or_404(thread_id)
+    # Explicit deletes rather than trusting ON DELETE CASCADE: an SQLite connection opened
+    # without foreign_keys=ON would silently keep the children.
+    await session.execute(sql_delete(RunStep).where(RunStep.thread_id == thread_id))
+    await session.execute(sql_delete(Run).where(Run.thread_id == thread_id))
+    await session.execute(sql_delete(Message).where(Message.thread_id == thread_id))
+    await session.execute(sql_delete(Thread).where(Thread.id == thread_id))
+    await session.commit()
+    return DeletedObject(id=thread_id, object="thread.deleted")
