@@ -1,0 +1,1 @@
+"""Run events on their way from the executor to the clients that stream them."""

@@ -1,0 +1,60 @@
+"""The event channel between run executors and the API processes that stream runs.
+
+Each run has an ordered log of events. A subscriber names a position (taken before it
+triggers the work, so nothing published in between is missed) and receives every later
+event in order. In embedded mode the log lives in memory; in production Redis carries it, so
+a client connected to any API process sees the events of a run executed by any worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+# Events after which a stream segment ends: the run is finished or waits for the client.
+CLOSING_EVENTS = frozenset(
+    {
+        "thread.run.requires_action",
+        "thread.run.completed",
+        "thread.run.incomplete",
+        "thread.run.failed",
+        "thread.run.cancelled",
+        "thread.run.expired",
+        "error",
+    }
+)
+TERMINAL_EVENTS = CLOSING_EVENTS - {"thread.run.requires_action"}
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    event: str
+    # The JSON payload, serialized once by the publisher.
+    data: str
+
+    def sse(self) -> bytes:
+        return f"event: {self.event}\ndata: {self.data}\n\n".encode()
+
+
+class EventBus(Protocol):
+    async def publish(self, run_id: str, event: RunEvent) -> None: ...
+
+    async def position(self, run_id: str) -> str:
+        """An opaque position: `subscribe(after=position)` yields what is published later."""
+        ...
+
+    def subscribe(self, run_id: str, after: str) -> AsyncIterator[RunEvent]:
+        """Events of the run after `after`, in order, until a closing event (included)."""
+        ...
+
+    async def request_cancel(self, run_id: str) -> None:
+        """Tell whichever executor holds the run to stop now."""
+        ...
+
+    async def wait_cancel(self, run_id: str) -> None:
+        """Return when a cancel was requested for the run (the executor races its work
+        against this)."""
+        ...
+
+    async def aclose(self) -> None: ...

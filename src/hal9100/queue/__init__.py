@@ -1,0 +1,1 @@
+"""Dispatch of runs to executors: in-process (embedded) or through Redis (production)."""

@@ -1,0 +1,240 @@
+"""What the LLM is shown for one turn of a run: instructions, the thread, this run's own tool
+rounds, fitted to the context window and to the run's token budget."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from hal9100.db.models import File, Message, Run, RunStep
+from hal9100.llm.base import (
+    ChatMessage,
+    ChatRequest,
+    ContentPart,
+    FunctionTool,
+    ImagePart,
+    TextPart,
+    ToolCall,
+)
+
+# Room kept free for the answer when `truncation_strategy` is auto and the run sets no
+# completion budget of its own.
+DEFAULT_COMPLETION_RESERVE = 1024
+# Images count as a fixed cost; servers price them very differently and we cannot see pixels.
+IMAGE_TOKENS = 256
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate (about four characters per token for English and code).
+
+    Exact counts need the model's own tokenizer, which an OpenAI-compatible server does not
+    expose; the estimate is only used to fit the context window and, when a server reports no
+    usage, to fill it in."""
+    return (len(text) + 3) // 4
+
+
+def message_tokens(message: ChatMessage) -> int:
+    cost = 4
+    if isinstance(message.content, str):
+        cost += estimate_tokens(message.content)
+    else:
+        for part in message.content:
+            cost += estimate_tokens(part.text) if isinstance(part, TextPart) else IMAGE_TOKENS
+    for call in message.tool_calls:
+        cost += estimate_tokens(call.name) + estimate_tokens(call.arguments) + 4
+    return cost
+
+
+def prompt_tokens(messages: list[ChatMessage]) -> int:
+    return sum(message_tokens(m) for m in messages)
+
+
+@dataclass(slots=True)
+class Prompt:
+    request: ChatRequest
+    estimated_tokens: int
+    # The prompt could not be fitted inside the run's `max_prompt_tokens`.
+    over_budget: bool
+
+
+def text_of(content: list[dict[str, Any]]) -> str:
+    return "".join(part["text"]["value"] for part in content if part.get("type") == "text")
+
+
+def _user_parts(message: Message, images: dict[str, str]) -> str | list[ContentPart]:
+    parts: list[ContentPart] = []
+    for part in message.content:
+        kind = part.get("type")
+        if kind == "text":
+            parts.append(TextPart(part["text"]["value"]))
+        elif kind == "image_url":
+            parts.append(ImagePart(part["image_url"]["url"], part["image_url"].get("detail")))
+        elif kind == "image_file":
+            url = images.get(part["image_file"]["file_id"])
+            if url is not None:
+                parts.append(ImagePart(url, part["image_file"].get("detail")))
+    if all(isinstance(p, TextPart) for p in parts):
+        return "".join(p.text for p in parts if isinstance(p, TextPart))
+    return parts
+
+
+def image_file_ids(messages: list[Message]) -> list[str]:
+    return [
+        part["image_file"]["file_id"]
+        for message in messages
+        for part in message.content
+        if part.get("type") == "image_file"
+    ]
+
+
+def data_url(file: File, data: bytes) -> str:
+    mime = (
+        file.content_type if file.content_type and file.content_type.startswith("image/") else None
+    )
+    if mime is None:
+        suffix = file.filename.rsplit(".", 1)[-1].lower()
+        mime = {
+            "jpg": "image/jpeg",
+            "jpeg": "image/jpeg",
+            "gif": "image/gif",
+            "webp": "image/webp",
+        }.get(suffix, "image/png")
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _thread_messages(messages: list[Message], images: dict[str, str]) -> list[ChatMessage]:
+    out: list[ChatMessage] = []
+    for message in messages:
+        if message.role == "user":
+            out.append(ChatMessage("user", _user_parts(message, images)))
+        else:
+            out.append(ChatMessage("assistant", text_of(message.content)))
+    return out
+
+
+def _run_rounds(steps: list[RunStep], own_messages: dict[str, Message]) -> list[ChatMessage]:
+    """This run's earlier turns, in step order: its answers and its tool calls with outputs."""
+    out: list[ChatMessage] = []
+    for step in steps:
+        details = step.step_details
+        if step.type == "message_creation":
+            message = own_messages.get(details["message_creation"]["message_id"])
+            if message is not None and message.status == "completed":
+                out.append(ChatMessage("assistant", text_of(message.content)))
+        elif step.status == "completed":
+            calls = [c for c in details.get("tool_calls", []) if c.get("type") == "function"]
+            if not calls:
+                continue
+            out.append(
+                ChatMessage(
+                    "assistant",
+                    "",
+                    tool_calls=[
+                        ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"])
+                        for c in calls
+                    ],
+                )
+            )
+            out.extend(
+                ChatMessage("tool", c["function"].get("output") or "", tool_call_id=c["id"])
+                for c in calls
+            )
+    return out
+
+
+def _tools(run: Run) -> list[FunctionTool]:
+    return [
+        FunctionTool(
+            name=t["function"]["name"],
+            description=t["function"].get("description"),
+            parameters=t["function"].get("parameters"),
+            strict=t["function"].get("strict"),
+        )
+        for t in run.tools
+        if t.get("type") == "function"
+    ]
+
+
+def _tool_choice(run: Run) -> str | None:
+    choice = run.tool_choice
+    if isinstance(choice, dict):
+        if choice.get("type") == "function":
+            name: str = choice["function"]["name"]
+            return name
+        # A built-in tool named explicitly: the model must call some tool.
+        return "required"
+    if isinstance(choice, str):
+        return choice
+    return None
+
+
+def build_prompt(
+    run: Run,
+    thread_messages: list[Message],
+    steps: list[RunStep],
+    *,
+    context_window: int,
+    images: dict[str, str],
+    prompt_tokens_used: int,
+    completion_tokens_left: int | None,
+) -> Prompt:
+    """Assemble one turn's request.
+
+    `thread_messages` are the thread's messages in order; those this run wrote are placed
+    among its tool rounds rather than with the thread. `prompt_tokens_used` is what earlier
+    turns of the run already spent against `max_prompt_tokens`.
+    """
+    own = {m.id: m for m in thread_messages if m.run_id == run.id}
+    history = _thread_messages([m for m in thread_messages if m.run_id != run.id], images)
+    rounds = _run_rounds(steps, own)
+
+    system_text = run.instructions or ""
+    if run.additional_instructions:
+        system_text = (
+            f"{system_text}\n\n{run.additional_instructions}"
+            if system_text
+            else run.additional_instructions
+        )
+    system = [ChatMessage("system", system_text)] if system_text else []
+
+    strategy = run.truncation_strategy or {"type": "auto"}
+    if strategy.get("type") == "last_messages" and strategy.get("last_messages"):
+        history = history[-int(strategy["last_messages"]) :]
+
+    budget = context_window - (completion_tokens_left or DEFAULT_COMPLETION_RESERVE)
+    if run.max_prompt_tokens is not None:
+        budget = min(budget, run.max_prompt_tokens - prompt_tokens_used)
+    fixed = prompt_tokens(system) + prompt_tokens(rounds)
+    # Drop the oldest thread messages until the prompt fits; the newest one always stays.
+    sizes = [message_tokens(m) for m in history]
+    total = fixed + sum(sizes)
+    start = 0
+    while total > budget and start < len(history) - 1:
+        total -= sizes[start]
+        start += 1
+    history = history[start:]
+    # A conversation must not open with an assistant turn on some servers (Anthropic).
+    while len(history) > 1 and history[0].role == "assistant":
+        total -= message_tokens(history[0])
+        history = history[1:]
+
+    over_budget = (
+        run.max_prompt_tokens is not None and total > run.max_prompt_tokens - prompt_tokens_used
+    )
+    tools = _tools(run)
+    request = ChatRequest(
+        model=run.model,
+        messages=[*system, *history, *rounds],
+        tools=tools,
+        tool_choice=_tool_choice(run) if tools else None,
+        parallel_tool_calls=run.parallel_tool_calls if tools else None,
+        temperature=run.temperature,
+        top_p=run.top_p,
+        max_tokens=completion_tokens_left,
+        response_format=run.response_format
+        if isinstance(run.response_format, dict) and run.response_format.get("type") != "text"
+        else None,
+        reasoning_effort=run.reasoning_effort,
+    )
+    return Prompt(request=request, estimated_tokens=total, over_budget=over_budget)

@@ -1,0 +1,120 @@
+"""The worker: takes runs off the queue and hands them to the executor, and sweeps for runs
+that need attention (expired, or held by a worker that died).
+
+Embedded mode runs one inside the API process; production runs `hal9100 worker` processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+
+from sqlalchemy import select, update
+
+from hal9100.core.clock import now
+from hal9100.db.models import Run
+from hal9100.runs.executor import RunExecutor
+from hal9100.runs.lifecycle import close_open_work, run_event, terminal_values, transition
+from hal9100.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    def __init__(self, runtime: Runtime, concurrency: int) -> None:
+        self.runtime = runtime
+        self.concurrency = concurrency
+        self.executor = RunExecutor(
+            sessions=runtime.sessions,
+            bus=runtime.bus,
+            router=runtime.router,
+            storage=runtime.storage,
+            settings=runtime.settings,
+            worker_id=new_worker_id(),
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.runtime.queue.start_consuming(self.executor.execute, self.concurrency)
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="run-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.runtime.queue.aclose()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await sweep(self.runtime)
+            except Exception:
+                log.exception("sweep failed")
+            await asyncio.sleep(self.runtime.settings.sweep_seconds)
+
+
+async def sweep(runtime: Runtime) -> None:
+    """Expire overdue runs that no executor is working on, and re-dispatch runs whose
+    dispatch or lease lapsed (lost from the queue, or their worker died)."""
+    stamp = time.time()
+    async with runtime.sessions() as session:
+        overdue = (
+            await session.scalars(
+                select(Run.id).where(
+                    Run.status.in_(("queued", "requires_action", "cancelling", "in_progress")),
+                    Run.expires_at < now(),
+                    (Run.lease_owner.is_(None)) | (Run.lease_expires_at < stamp),
+                )
+            )
+        ).all()
+        lapsed = (
+            await session.scalars(
+                select(Run.id).where(
+                    Run.status.in_(("queued", "in_progress", "cancelling")),
+                    Run.lease_expires_at < stamp,
+                )
+            )
+        ).all()
+    for run_id in overdue:
+        await expire(runtime, run_id)
+    for run_id in lapsed:
+        if run_id in overdue:
+            continue
+        async with runtime.sessions() as session:
+            # Push the dispatch deadline out first so concurrent sweepers enqueue it once.
+            result = await session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.lease_expires_at < stamp)
+                .values(lease_owner=None, lease_expires_at=stamp + runtime.settings.lease_seconds)
+            )
+            await session.commit()
+        if getattr(result, "rowcount", 0):
+            log.info("run %s: dispatch or lease lapsed, re-queueing", run_id)
+            await runtime.queue.enqueue(run_id)
+
+
+async def expire(runtime: Runtime, run_id: str) -> None:
+    async with runtime.sessions() as session:
+        updated = await transition(
+            session,
+            run_id,
+            ("queued", "requires_action", "cancelling", "in_progress"),
+            terminal_values("expired"),
+        )
+        if updated is None:
+            await session.rollback()
+            return
+        events = await close_open_work(session, run_id, "expired")
+        await session.commit()
+    for item in [*events, run_event(updated)]:
+        await runtime.bus.publish(run_id, item)
