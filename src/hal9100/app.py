@@ -39,13 +39,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await build_runtime(settings)
         app.state.runtime = runtime
-        # Embedded mode executes runs in this process.
-        worker = Worker(runtime, settings.worker_concurrency)
-        await worker.start()
+        worker = Worker(runtime, settings.worker_concurrency) if settings.executes_runs else None
+        if worker is not None:
+            await worker.start()
         try:
             yield
         finally:
-            await worker.stop()
+            if worker is not None:
+                await worker.stop()
             await runtime.aclose()
 
     app = FastAPI(title="HAL-9100", version=__version__, lifespan=lifespan)

@@ -1,8 +1,9 @@
-"""`hal9100 serve | migrate`: the command line."""
+"""`hal9100 serve | worker | migrate`: the command line."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -15,6 +16,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from hal9100.db.migrate import upgrade
 
+    if args.with_worker:
+        os.environ["HAL9100_WITH_WORKER"] = "1"
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # Embedded mode owns its database, so it keeps it current; a production deployment
@@ -31,6 +34,14 @@ def _serve(args: argparse.Namespace) -> int:
         # Clients stream server-sent events for minutes; keep-alive must outlive a poll loop.
         timeout_keep_alive=30,
     )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from hal9100.runs.worker import run_worker
+
+    settings = Settings()
+    asyncio.run(run_worker(settings, args.concurrency or settings.worker_concurrency))
     return 0
 
 
@@ -57,7 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="upgrade the database first (always in embedded mode)",
     )
+    serve.add_argument(
+        "--with-worker",
+        action="store_true",
+        help="also execute runs in the API processes (the default without REDIS_URL)",
+    )
     serve.set_defaults(func=_serve)
+
+    worker = sub.add_parser("worker", help="execute runs taken from Redis (production mode)")
+    worker.add_argument("--concurrency", type=int, default=None, help="runs at once")
+    worker.set_defaults(func=_worker)
 
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
     migrate.add_argument("revision", nargs="?", default="head")

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, validation_alias="HAL9100_LEASE_SECONDS")
     # How often expired runs and runs with lapsed leases are looked for.
     sweep_seconds: float = Field(default=5.0, validation_alias="HAL9100_SWEEP_SECONDS")
+    # Whether this API process also executes runs. Unset: yes in embedded mode (no REDIS_URL),
+    # no in production, where `hal9100 worker` processes do it.
+    with_worker: bool | None = Field(default=None, validation_alias="HAL9100_WITH_WORKER")
+    # Redis keys and the run queue's name start with this, so deployments can share a Redis.
+    redis_prefix: str = Field(default="hal9100", validation_alias="HAL9100_REDIS_PREFIX")
+    # On SIGTERM a worker stops taking runs and gives the ones in hand this long to finish.
+    drain_seconds: int = Field(default=30, validation_alias="HAL9100_DRAIN_SECONDS")
     llm_max_retries: int = Field(default=3, validation_alias="HAL9100_LLM_MAX_RETRIES")
     llm_retry_base_delay: float = Field(
         default=0.5, validation_alias="HAL9100_LLM_RETRY_BASE_DELAY"
@@ -87,6 +94,10 @@ class Settings(BaseSettings):
         if url.startswith("sqlite://") and "+aiosqlite" not in url:
             return "sqlite+aiosqlite://" + url[len("sqlite://") :]
         return url
+
+    @property
+    def executes_runs(self) -> bool:
+        return self.with_worker if self.with_worker is not None else not self.redis_url
 
     @property
     def files_dir(self) -> Path:

@@ -53,15 +53,27 @@ def make_storage(settings: Settings) -> ObjectStorage:
 
 
 def make_bus(settings: Settings) -> EventBus:
+    if settings.redis_url:
+        from hal9100.events.redis import RedisEventBus
+
+        return RedisEventBus(settings.redis_url, prefix=settings.redis_prefix)
     from hal9100.events.memory import MemoryEventBus
 
     return MemoryEventBus()
 
 
 def make_queue(settings: Settings) -> RunQueue:
+    if settings.redis_url:
+        from hal9100.queue.redis import RedisRunQueue
+
+        return RedisRunQueue(
+            settings.redis_url,
+            name=f"{settings.redis_prefix}-runs",
+            drain_seconds=settings.drain_seconds,
+        )
     from hal9100.queue.memory import MemoryRunQueue
 
-    return MemoryRunQueue()
+    return MemoryRunQueue(drain_seconds=settings.drain_seconds)
 
 
 def make_router(settings: Settings) -> ModelRouter:

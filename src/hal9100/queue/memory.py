@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from hal9100.queue.base import RunHandler
@@ -11,9 +12,10 @@ log = logging.getLogger(__name__)
 
 
 class MemoryRunQueue:
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+    def __init__(self, drain_seconds: float = 30.0) -> None:
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self.drain_seconds = drain_seconds
 
     async def enqueue(self, run_id: str) -> None:
         self._queue.put_nowait(run_id)
@@ -25,19 +27,25 @@ class MemoryRunQueue:
             )
 
     async def _consume(self, handler: RunHandler) -> None:
-        while True:
-            run_id = await self._queue.get()
+        while (run_id := await self._queue.get()) is not None:
             try:
                 await handler(run_id)
             except Exception:
                 # The executor records failures on the run itself; this only keeps the
                 # worker alive if something escaped it.
                 log.exception("run %s: executor raised", run_id)
-            finally:
-                self._queue.task_done()
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Finish the runs in hand (up to drain_seconds); runs still waiting stay `queued` in
+        the database, and the sweeper of the next process to start picks them up."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        for _ in self._tasks:
+            self._queue.put_nowait(None)
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=self.drain_seconds)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*pending, return_exceptions=True)
         self._tasks.clear()

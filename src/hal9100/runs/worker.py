@@ -10,17 +10,19 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
 
 from sqlalchemy import select, update
 
+from hal9100.config import Settings
 from hal9100.core.clock import now
 from hal9100.db.models import Run
 from hal9100.runs.executor import RunExecutor
 from hal9100.runs.lifecycle import close_open_work, run_event, terminal_values, transition
-from hal9100.runtime import Runtime
+from hal9100.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,24 @@ class Worker:
             except Exception:
                 log.exception("sweep failed")
             await asyncio.sleep(self.runtime.settings.sweep_seconds)
+
+
+async def run_worker(settings: Settings, concurrency: int) -> None:
+    """`hal9100 worker`: execute runs until SIGTERM or SIGINT, then drain and exit."""
+    runtime = await build_runtime(settings)
+    worker = Worker(runtime, concurrency)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await worker.start()
+    log.info("worker %s executing up to %d runs at once", worker.executor.worker_id, concurrency)
+    try:
+        await stop.wait()
+        log.info("draining: finishing the runs in hand (up to %ss)", settings.drain_seconds)
+    finally:
+        await worker.stop()
+        await runtime.aclose()
 
 
 async def sweep(runtime: Runtime) -> None:

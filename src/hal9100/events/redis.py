@@ -1,0 +1,118 @@
+"""The Redis event channel of production mode.
+
+Each run's events go to a Redis stream (`XADD`), so a subscriber on any API process reads
+them in order from any position, and one that connects late still gets everything after the
+position it took. Cancel requests travel by pub/sub, with a key as well so an executor that
+starts after the request still sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as redis
+
+from hal9100.events.base import CLOSING_EVENTS, RunEvent
+
+log = logging.getLogger(__name__)
+
+# A finished run's events stay this long for late readers; every publish renews it.
+RETAIN_SECONDS = 3600
+MAX_EVENTS_PER_RUN = 100_000
+BLOCK_MS = 5000
+
+
+class RedisEventBus:
+    def __init__(self, url: str, prefix: str = "hal9100") -> None:
+        self.redis = redis.Redis.from_url(url)
+        self.prefix = prefix
+        self._cancel_channel = f"{prefix}:cancel"
+        self._cancel_waiters: dict[str, asyncio.Event] = {}
+        self._listener: asyncio.Task[None] | None = None
+
+    def _key(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:events"
+
+    async def publish(self, run_id: str, event: RunEvent) -> None:
+        key = self._key(run_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(
+                key,
+                {"e": event.event, "d": event.data},
+                maxlen=MAX_EVENTS_PER_RUN,
+                approximate=True,
+            )
+            pipe.expire(key, RETAIN_SECONDS)
+            await pipe.execute()
+
+    async def position(self, run_id: str) -> str:
+        last = await self.redis.xrevrange(self._key(run_id), count=1)
+        if not last:
+            return "0-0"
+        entry_id = last[0][0]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def subscribe(self, run_id: str, after: str) -> AsyncIterator[RunEvent]:
+        key = self._key(run_id)
+        cursor = after
+        while True:
+            answer = await self.redis.xread({key: cursor}, count=500, block=BLOCK_MS)
+            for _stream, entries in answer or []:
+                for entry_id, fields in entries:
+                    cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    event = RunEvent(fields[b"e"].decode(), fields[b"d"].decode())
+                    yield event
+                    if event.event in CLOSING_EVENTS:
+                        return
+
+    async def request_cancel(self, run_id: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(f"{self.prefix}:run:{run_id}:cancel", 1, ex=RETAIN_SECONDS)
+            pipe.publish(self._cancel_channel, run_id)
+            await pipe.execute()
+
+    async def wait_cancel(self, run_id: str) -> None:
+        self._ensure_listener()
+        waiter = self._cancel_waiters.setdefault(run_id, asyncio.Event())
+        try:
+            # The request may have come before this executor started listening.
+            if await self.redis.exists(f"{self.prefix}:run:{run_id}:cancel"):
+                return
+            await waiter.wait()
+        finally:
+            if self._cancel_waiters.get(run_id) is waiter:
+                del self._cancel_waiters[run_id]
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen(), name="cancel-listener")
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self.redis.pubsub()
+                await pubsub.subscribe(self._cancel_channel)
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    run_id = message["data"].decode()
+                    waiter = self._cancel_waiters.get(run_id)
+                    if waiter is not None:
+                        waiter.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Redis restarted or the connection broke: the executor's lease heartbeat
+                # also reads the run's status, so no cancel is lost meanwhile.
+                log.warning("cancel listener lost its connection; reconnecting", exc_info=True)
+                await asyncio.sleep(1)
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        await self.redis.aclose()

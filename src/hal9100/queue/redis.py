@@ -1,0 +1,77 @@
+"""Run dispatch through Redis with SAQ, for API and worker processes on many machines.
+
+SAQ was chosen over arq because it dequeues with a blocking list move (BLMOVE): a worker
+takes a run the moment it is queued, where arq polls a sorted set (0.5 s by default), which
+would sit in every run's time to first token. The queue only carries "run X has work"; the
+run's state and its lease live in the database, so a job delivered twice runs once and a
+job lost with Redis is re-dispatched by the sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+from saq import Queue, Worker
+
+from hal9100.queue.base import RunHandler
+
+TASK = "execute_run"
+
+
+class RedisRunQueue:
+    def __init__(self, url: str, *, name: str = "hal9100-runs", drain_seconds: int = 30) -> None:
+        self.queue = Queue.from_url(url, name=name)
+        self.drain_seconds = drain_seconds
+        self._worker: Worker[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def enqueue(self, run_id: str) -> None:
+        await self.queue.enqueue(
+            TASK,
+            run_id=run_id,
+            # A fresh key each time: the same run is queued again after tool outputs while
+            # its previous job may still be closing; the database lease de-duplicates.
+            key=f"{run_id}:{uuid.uuid4().hex}",
+            timeout=0,
+            retries=1,
+            ttl=60,
+        )
+
+    async def start_consuming(self, handler: RunHandler, concurrency: int) -> None:
+        async def execute_run(ctx: dict[str, Any], *, run_id: str) -> None:
+            await handler(run_id)
+
+        execute_run.__qualname__ = TASK
+        execute_run.__name__ = TASK
+        worker: Worker[Any] = Worker(
+            self.queue,
+            functions=[execute_run],
+            concurrency=concurrency,
+            shutdown_grace_period_s=self.drain_seconds,
+            # SAQ's stop waits for all its loops, which notice the stop only between sleeps
+            # and dequeue timeouts: short ones let an idle worker exit within a second, while
+            # runs in hand get the whole grace period.
+            dequeue_timeout=1,
+            timers={"sweep": 1, "schedule": 1, "worker_info": 1, "abort": 1},
+        )
+        # The process owns its signals (uvicorn's, or `hal9100 worker`'s drain); SAQ must not
+        # take them over.
+        worker.SIGNALS = []
+        self._worker = worker
+        self._task = asyncio.create_task(worker.start(), name="saq-worker")
+
+    async def aclose(self) -> None:
+        """Stop taking runs, let the ones in hand finish (up to drain_seconds), then go."""
+        worker, task = self._worker, self._task
+        self._worker = self._task = None
+        if worker is not None and task is not None:
+            worker.event.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if not self._closed:
+            self._closed = True
+            await self.queue.disconnect()
