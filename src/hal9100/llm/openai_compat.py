@@ -1,0 +1,412 @@
+"""Backend for OpenAI-compatible chat-completions servers (OpenAI, vLLM, Ollama, llama.cpp, ...).
+
+Open servers differ from OpenAI in how they stream tool calls, usage and finish reasons;
+`stream()` normalises all of that into the `base` contract. The quirks handled, each seen in
+real servers: tool-call fragments without `index`, ids repeated in every fragment, ids
+missing, parallel calls sharing one id or one index, the legacy `delta.function_call`, no
+usage chunk, usage-only chunks with empty `choices`, finish reasons that are missing,
+nonstandard (`eos`) or `function_call`, and `stop` reported after tool calls.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from hal9100.llm._common import (
+    TRANSPORT_ERRORS,
+    body_message,
+    kind_for_status,
+    status_error,
+    transport_error,
+)
+from hal9100.llm.base import (
+    ChatMessage,
+    ChatRequest,
+    ContentPart,
+    Finish,
+    FinishReason,
+    FunctionTool,
+    ImagePart,
+    LLMError,
+    LLMEvent,
+    TextDelta,
+    TextPart,
+    ToolCallDelta,
+    Usage,
+)
+
+_CHAT_COMPLETIONS_SUFFIX = "/chat/completions"
+
+# The SDK insists on a key; keyless local servers ignore whatever is sent. We deliberately do
+# not let the SDK fall back to OPENAI_API_KEY: that would leak an OpenAI key to a third-party
+# server configured without one.
+_NO_KEY = "not-needed"
+
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "content_filter": "content_filter",
+    "function_call": "tool_calls",
+}
+
+
+def normalize_base_url(url: str) -> str:
+    """Accept `http://host/v1` or the full `http://host/v1/chat/completions` endpoint."""
+    url = url.strip().rstrip("/")
+    if url.endswith(_CHAT_COMPLETIONS_SUFFIX):
+        url = url[: -len(_CHAT_COMPLETIONS_SUFFIX)].rstrip("/")
+    return url
+
+
+class OpenAICompatBackend:
+    """An `LLMBackend` speaking the chat-completions protocol through the official SDK."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout: float = 600,
+        max_retries: int = 0,
+    ) -> None:
+        self.base_url = normalize_base_url(base_url)
+        self._client = AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=api_key or _NO_KEY,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        self._label = f"LLM backend at {self.base_url}"
+        # Flipped off the first time the server rejects `stream_options` (older TGI, some
+        # proxies); such servers never report streamed usage anyway.
+        self._send_stream_options = True
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[LLMEvent]:
+        return self._stream(request)
+
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[LLMEvent]:
+        body = build_request_body(request)
+        chunks = await self._open(body)
+        assembler = _ToolCallAssembler()
+        finish_reason: str | None = None
+        usage: Usage | None = None
+        try:
+            async for chunk in chunks:
+                chunk_usage = getattr(chunk, "usage", None)
+                if chunk_usage is not None:
+                    # Some servers send running totals on every chunk: the last one wins.
+                    usage = Usage(
+                        prompt_tokens=getattr(chunk_usage, "prompt_tokens", None) or 0,
+                        completion_tokens=getattr(chunk_usage, "completion_tokens", None) or 0,
+                    )
+                for choice in getattr(chunk, "choices", None) or ():
+                    if (getattr(choice, "index", 0) or 0) != 0:
+                        continue  # n > 1 is never requested; ignore stray choices.
+                    delta = getattr(choice, "delta", None)
+                    if delta is not None:
+                        for event in _delta_events(delta, assembler):
+                            yield event
+                    reason = getattr(choice, "finish_reason", None)
+                    if reason:
+                        finish_reason = reason
+        except Exception as exc:
+            mapped = self._map_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        finally:
+            await chunks.close()
+
+        if usage is not None:
+            yield usage
+        yield Finish(_finish_reason(finish_reason, saw_tool_calls=assembler.count > 0))
+
+    async def _open(self, body: dict[str, Any]) -> openai.AsyncStream[Any]:
+        while True:
+            extra: dict[str, Any] = {}
+            if self._send_stream_options:
+                extra["stream_options"] = {"include_usage": True}
+            try:
+                stream: openai.AsyncStream[Any] = await self._client.chat.completions.create(
+                    **body, **extra, stream=True
+                )
+                return stream
+            except openai.APIStatusError as exc:
+                if self._send_stream_options and _rejects_stream_options(exc):
+                    self._send_stream_options = False
+                    continue
+                raise self._status_error(exc) from exc
+            except Exception as exc:
+                mapped = self._map_error(exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+
+    def _map_error(self, exc: BaseException) -> LLMError | None:
+        if isinstance(exc, openai.APIStatusError):
+            return self._status_error(exc)
+        if isinstance(exc, openai.APIConnectionError):
+            # Covers APITimeoutError; the SDK wraps transport failures of a broken stream too.
+            cause = exc.__cause__
+            if cause is not None:
+                return transport_error(self._label, cause)
+            return LLMError("server", f"{self._label}: {exc.message}")
+        if isinstance(exc, openai.APIResponseValidationError):
+            return LLMError("server", f"{self._label} sent an invalid response: {exc.message}")
+        if isinstance(exc, openai.APIError):
+            # An `{"error": ...}` object inside a 200 stream (vLLM, llama.cpp do this when
+            # generation fails midway). Its `code` is often the HTTP status it stands for.
+            code = _int_or_none(getattr(exc, "code", None))
+            detail = body_message(exc.body) or exc.message
+            if code is not None and 400 <= code < 600:
+                return LLMError(
+                    kind_for_status(code),
+                    f"{self._label} reported an error mid-stream (code {code}): {detail}",
+                    status=code,
+                )
+            return LLMError("server", f"{self._label} reported an error mid-stream: {detail}")
+        if isinstance(exc, TRANSPORT_ERRORS):
+            return transport_error(self._label, exc)
+        if isinstance(exc, json.JSONDecodeError):
+            return LLMError("server", f"{self._label} sent a malformed stream chunk: {exc}")
+        if isinstance(exc, openai.OpenAIError):
+            return LLMError("invalid_request", f"{self._label}: {exc}")
+        return None
+
+    def _status_error(self, exc: openai.APIStatusError) -> LLMError:
+        return status_error(self._label, exc.status_code, exc.body, exc.message)
+
+
+def build_request_body(request: ChatRequest) -> dict[str, Any]:
+    """The chat-completions body for `request`, without the streaming switches."""
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": [_message(message) for message in request.messages],
+    }
+    if request.tools:
+        body["tools"] = [_tool(tool) for tool in request.tools]
+        if request.tool_choice is not None:
+            body["tool_choice"] = _tool_choice(request.tool_choice)
+        if request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+    # `max_tokens`, not `max_completion_tokens`: llama.cpp and older vLLM only know the former.
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    if request.reasoning_effort is not None:
+        body["reasoning_effort"] = request.reasoning_effort
+    return body
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    if message.role == "user":
+        return {"role": "user", "content": _user_content(message.content)}
+    if message.role == "assistant":
+        out: dict[str, Any] = {"role": "assistant", "content": _text(message.content)}
+        if message.tool_calls:
+            out["content"] = out["content"] or None
+            out["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in message.tool_calls
+            ]
+        return out
+    if message.role == "tool":
+        return {
+            "role": "tool",
+            "tool_call_id": message.tool_call_id or "",
+            "content": _text(message.content),
+        }
+    return {"role": "system", "content": _text(message.content)}
+
+
+def _user_content(content: str | list[ContentPart]) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    if not any(isinstance(part, ImagePart) for part in content):
+        # A plain string works with text-only servers that reject the array form.
+        return _text(content)
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if isinstance(part, TextPart):
+            parts.append({"type": "text", "text": part.text})
+        else:
+            image: dict[str, Any] = {"url": part.url}
+            if part.detail:
+                image["detail"] = part.detail
+            parts.append({"type": "image_url", "image_url": image})
+    return parts
+
+
+def _text(content: str | list[ContentPart]) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.text for part in content if isinstance(part, TextPart))
+
+
+def _tool(tool: FunctionTool) -> dict[str, Any]:
+    function: dict[str, Any] = {
+        "name": tool.name,
+        # Several servers require `parameters` even for argument-less functions.
+        "parameters": tool.parameters or {"type": "object", "properties": {}},
+    }
+    if tool.description:
+        function["description"] = tool.description
+    if tool.strict:
+        function["strict"] = True
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: str) -> str | dict[str, Any]:
+    if choice in ("none", "auto", "required"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+def _delta_events(delta: Any, assembler: _ToolCallAssembler) -> list[LLMEvent]:
+    events: list[LLMEvent] = []
+    content = getattr(delta, "content", None)
+    if isinstance(content, str) and content:
+        events.append(TextDelta(content))
+    # A refusal replaces the content (structured outputs); the user should see it.
+    refusal = getattr(delta, "refusal", None)
+    if isinstance(refusal, str) and refusal:
+        events.append(TextDelta(refusal))
+    for call in getattr(delta, "tool_calls", None) or ():
+        function = getattr(call, "function", None)
+        event = assembler.fragment(
+            server_index=_int_or_none(getattr(call, "index", None)),
+            call_id=getattr(call, "id", None) or None,
+            name=getattr(function, "name", None) or None,
+            arguments=getattr(function, "arguments", None) or "",
+        )
+        events.append(event)
+    legacy = getattr(delta, "function_call", None)
+    if legacy is not None:
+        events.append(
+            assembler.fragment(
+                server_index=0,
+                call_id=None,
+                name=getattr(legacy, "name", None) or None,
+                arguments=getattr(legacy, "arguments", None) or "",
+            )
+        )
+    return events
+
+
+class _ToolCallAssembler:
+    """Assigns each tool-call fragment to a call position (the contract's `index`).
+
+    The server's `index` is trusted when present, its `id` otherwise. Two signals start a
+    new call even where index/id say "same call": a fragment carrying a function name and
+    a different id than the call has, or a function name arriving after the call's
+    arguments already form complete JSON (servers that put every parallel call at index 0,
+    or send no index and no id, one complete call per chunk). A name repeated while the
+    arguments are still incomplete is a continuation (servers that repeat it every chunk).
+    """
+
+    def __init__(self) -> None:
+        self._by_server_index: dict[int, int] = {}
+        self._ids: list[str | None] = []
+        self._names: list[str | None] = []
+        self._arguments: list[str] = []
+        self._current: int | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self._ids)
+
+    def fragment(
+        self, *, server_index: int | None, call_id: str | None, name: str | None, arguments: str
+    ) -> ToolCallDelta:
+        position: int | None
+        if server_index is not None:
+            position = self._by_server_index.get(server_index)
+        else:
+            position = self._current
+        if position is not None and self._starts_new_call(position, call_id, name):
+            position = None
+        if position is None:
+            position = len(self._ids)
+            self._ids.append(None)
+            self._names.append(None)
+            self._arguments.append("")
+        if server_index is not None:
+            self._by_server_index[server_index] = position
+        self._current = position
+
+        delta = ToolCallDelta(index=position, arguments=arguments)
+        if call_id and self._ids[position] is None:
+            self._ids[position] = call_id
+            delta.backend_id = call_id
+        if name and self._names[position] is None:
+            # The contract: `name` only on a call's first fragment, even if the server repeats it.
+            self._names[position] = name
+            delta.name = name
+        self._arguments[position] += arguments
+        return delta
+
+    def _starts_new_call(self, position: int, call_id: str | None, name: str | None) -> bool:
+        if name is None:
+            # Fragments without a name continue a call, even when a server invents a fresh
+            # id for each of them.
+            return False
+        known_id = self._ids[position]
+        if call_id and known_id and call_id != known_id:
+            return True
+        return _is_complete_json(self._arguments[position])
+
+
+def _is_complete_json(text: str) -> bool:
+    if not text.strip():
+        return False
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _finish_reason(reason: str | None, *, saw_tool_calls: bool) -> FinishReason:
+    mapped = _FINISH_REASONS.get(reason) if reason else None
+    if mapped is None:
+        # Missing (server closed the stream without one) or nonstandard ("eos", "abort").
+        return "tool_calls" if saw_tool_calls else "stop"
+    if mapped == "stop" and saw_tool_calls:
+        # Ollama and some llama.cpp builds say "stop" after emitting tool calls.
+        return "tool_calls"
+    return mapped
+
+
+def _rejects_stream_options(exc: openai.APIStatusError) -> bool:
+    if exc.status_code not in (400, 422):
+        return False
+    detail = body_message(exc.body) or exc.message
+    return "stream_options" in detail
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
