@@ -1,75 +1,40 @@
-"""Fixtures: a scripted LLM and a real HAL-9100 server on loopback ports, and the official
-`openai` SDK pointed at it with every JSON response validated against OpenAI's spec."""
+"""Fixtures: a scripted LLM, HAL-9100 deployed as users deploy it (embedded, and production
+with two API and two worker processes), and the official `openai` SDK pointed at it with every
+JSON response validated against OpenAI's spec.
+
+`HAL9100_TEST_MODES` picks the modes (default `embedded,production`); every test that uses
+`server`/`client` runs once per mode. Production mode needs PostgreSQL, Redis and moto: where
+they are missing its tests skip, unless `HAL9100_REQUIRE_SERVICES=1` (as in CI) makes that a
+failure.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+
+from deployments import (
+    Deployment,
+    MotoServer,
+    RoundRobinTransport,
+    ServerProcess,
+    free_port,
+    require_production,
+    start_embedded,
+    start_production,
+)
 from openapi_contract import make_validating_http_client, spec_available
 from scripted_llm import ScriptedLLM
 
 ROOT = Path(__file__).resolve().parent.parent
+MODES = [m.strip() for m in os.environ.get("HAL9100_TEST_MODES", "embedded,production").split(",")]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """`hal9100 serve` as a user starts it, in a subprocess with its own data directory."""
-
-    def __init__(self, env: dict[str, str], data_dir: Path, args: list[str] | None = None) -> None:
-        self.port = free_port()
-        self.data_dir = data_dir
-        self.log_path = data_dir / f"server-{self.port}.log"
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "HAL9100_DATA_DIR": str(data_dir), **env}
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hal9100", "serve", "--port", str(self.port), *(args or [])],
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=data_dir,
-        )
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not start in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-20000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+__all__ = ["Deployment", "ServerProcess", "free_port", "make_client", "server_env"]
 
 
 @pytest.fixture(scope="session")
@@ -92,37 +57,85 @@ def server_env(llm: ScriptedLLM) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def server(
-    scripted_llm: ScriptedLLM, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    proc = ServerProcess(server_env(scripted_llm), tmp_path_factory.mktemp("server"))
-    try:
-        proc.wait_ready()
-        yield proc
-    finally:
-        proc.stop()
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    require_production()
+    server = MotoServer(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
 
 
-def make_client(base_url: str, api_key: str = "test") -> openai.OpenAI:
+@pytest.fixture(scope="session", params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    if value == "production":
+        require_production()
+    return value
+
+
+DeployFactory = Callable[..., Deployment]
+
+
+@pytest.fixture(scope="session")
+def deploy(
+    mode: str,
+    scripted_llm: ScriptedLLM,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[DeployFactory]:
+    """Start (once per session and configuration) a deployment in the current mode, with
+    extra environment on top of the defaults: `deploy(HAL9100_RUN_EXPIRY_SECONDS="2")`."""
+    started: dict[tuple[tuple[str, str], ...], Deployment] = {}
+
+    def start(**extra: str) -> Deployment:
+        key = tuple(sorted(extra.items()))
+        if key not in started:
+            env = {**server_env(scripted_llm), **extra}
+            data_dir = tmp_path_factory.mktemp(f"{mode}-deployment")
+            if mode == "production":
+                moto_server: MotoServer = request.getfixturevalue("moto")
+                started[key] = start_production(env, data_dir, moto=moto_server)
+            else:
+                started[key] = start_embedded(env, data_dir)
+        return started[key]
+
+    yield start
+    for deployment in started.values():
+        deployment.stop()
+
+
+@pytest.fixture(scope="session")
+def server(deploy: DeployFactory) -> Deployment:
+    return deploy()
+
+
+def make_client(base_url: str | list[str], api_key: str = "test") -> openai.OpenAI:
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
+    transport = RoundRobinTransport(urls) if len(urls) > 1 else None
+    http_client = (
+        make_validating_http_client(transport=transport)
+        if spec_available()
+        else httpx.Client(transport=transport)
+    )
     return openai.OpenAI(
-        base_url=f"{base_url}/v1",
+        base_url=f"{urls[0]}/v1",
         api_key=api_key,
         max_retries=0,
         timeout=30,
-        http_client=make_validating_http_client() if spec_available() else httpx.Client(),
+        http_client=http_client,
         _strict_response_validation=True,
     )
 
 
 @pytest.fixture
-def client(server: ServerProcess) -> Iterator[openai.OpenAI]:
-    sdk = make_client(server.url)
+def client(server: Deployment) -> Iterator[openai.OpenAI]:
+    sdk = make_client(server.urls)
     yield sdk
     sdk.close()
 
 
 @pytest.fixture
-def http(server: ServerProcess) -> Iterator[httpx.Client]:
+def http(server: Deployment) -> Iterator[httpx.Client]:
     """Plain HTTP, for what the SDK cannot send (malformed JSON, unknown fields...)."""
-    with httpx.Client(base_url=server.url, timeout=30) as raw:
+    transport = RoundRobinTransport(server.urls) if len(server.urls) > 1 else None
+    with httpx.Client(base_url=server.url, timeout=30, transport=transport) as raw:
         yield raw
