@@ -79,20 +79,64 @@ def _validation_message(err: dict[str, Any], param: str | None) -> str:
     if kind == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}"
     if kind == "missing":
+        if param is None:
+            return "Missing request body: this endpoint expects a JSON object."
+        return f"Missing required parameter: '{param}'."
+    if param is None and kind in ("model_attributes_type", "dict_type", "model_type"):
+        return "Invalid request body: expected a JSON object."
+    if kind == "union_tag_invalid":
+        # Tags are written `<type>` (see core.schemas.tagged_union).
+        ctx = err.get("ctx") or {}
+        tag = str(ctx.get("tag", "")).strip("<>")
+        expected = str(ctx.get("expected_tags", "")).replace("<", "").replace(">", "")
+        return f"Invalid value for '{param}': '{tag}'. Supported values are: {expected}."
+    if kind == "union_tag_not_found":
         return f"Missing required parameter: '{param}'."
     msg = str(err.get("msg", "Invalid value"))
     msg = msg.removeprefix("Value error, ")
     return f"Invalid value for '{param}': {msg}" if param else msg
 
 
+def _within(param: str | None, root: str | None) -> bool:
+    if param is None or root is None:
+        return param == root
+    return param == root or param.startswith((f"{root}.", f"{root}["))
+
+
+def _most_specific(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The error to report. A value checked against a union (`content`: a string or a list of
+    parts) fails once per member; the first is usually "should be a valid string", which
+    hides the real problem ("at least 1 item", "content[0].text" missing). Among the errors
+    at or below the first one's location, prefer one from inside the value (the member whose
+    shape it had) or one that is more than a type mismatch of the whole value."""
+    first = errors[0]
+    root = _param(tuple(first.get("loc", ())))
+    for err in errors:
+        param = _param(tuple(err.get("loc", ())))
+        if not _within(param, root):
+            continue
+        if param != root:
+            return err
+        kind = str(err.get("type", ""))
+        if kind.endswith("_type") or kind == "literal_error":
+            continue
+        if kind == "union_tag_not_found" and not isinstance(err.get("input"), dict):
+            continue
+        return err
+    return first
+
+
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     # A body that is not an object at all (e.g. a JSON list) has no useful location.
-    err = errors[0] if errors else {"msg": "Invalid request"}
+    err = _most_specific(errors) if errors else {"msg": "Invalid request"}
     param = _param(tuple(err.get("loc", ())))
     if err.get("type") == "json_invalid":
         param = None
+    elif err.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        # The `type` field picks the member: name it, as OpenAI's `content[0].type`.
+        param = f"{param}.type" if param else "type"
     return JSONResponse(
         error_body(_validation_message(err, param), "invalid_request_error", param),
         status_code=400,

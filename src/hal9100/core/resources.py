@@ -12,16 +12,21 @@ from hal9100.core.schemas import ToolResources, dump_json
 from hal9100.db.models import File
 
 
-async def check_file_ids(session: AsyncSession, ids: list[str], param: str) -> None:
-    if not ids:
+async def check_file_refs(session: AsyncSession, refs: list[tuple[str, str]]) -> None:
+    """Check (file_id, param) pairs in one query; the first missing file is a 400 naming its
+    own location (`attachments[1].file_id`)."""
+    if not refs:
         return
+    ids = list({file_id for file_id, _ in refs})
     found = set(await session.scalars(select(File.id).where(File.id.in_(ids))))
-    for index, file_id in enumerate(ids):
+    for file_id, param in refs:
         if file_id not in found:
-            raise bad_request(
-                f"Invalid '{param}[{index}]': no file found with id '{file_id}'.",
-                f"{param}[{index}]",
-            )
+            raise bad_request(f"Invalid '{param}': no file found with id '{file_id}'.", param)
+
+
+async def check_file_ids(session: AsyncSession, ids: list[str], param: str) -> None:
+    """Check a list of file ids given as `param` (errors name `param[index]`)."""
+    await check_file_refs(session, [(file_id, f"{param}[{i}]") for i, file_id in enumerate(ids)])
 
 
 async def check_tool_resources(

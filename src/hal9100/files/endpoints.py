@@ -6,7 +6,6 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
 from hal9100.core.deps import RuntimeDep, SessionDep
-from hal9100.core.errors import bad_request
 from hal9100.core.pagination import ListParams, Order
 from hal9100.core.schemas import ListResponse
 from hal9100.files import service
@@ -21,20 +20,19 @@ async def upload_file(
     runtime: RuntimeDep,
     file: Annotated[UploadFile, File()],
     purpose: Annotated[str, Form()],
+    # Checked by the service: a bracketed form name would be lost from the error's `param`.
     expires_after_anchor: Annotated[str | None, Form(alias="expires_after[anchor]")] = None,
-    expires_after_seconds: Annotated[
-        int | None, Form(alias="expires_after[seconds]", ge=3600, le=2_592_000)
-    ] = None,
+    expires_after_seconds: Annotated[str | None, Form(alias="expires_after[seconds]")] = None,
 ) -> FileObject:
-    if expires_after_anchor not in (None, "created_at"):
-        raise bad_request("expires_after[anchor] must be 'created_at'.", "expires_after.anchor")
     return await service.create(
         session,
         runtime.storage,
         file,
         purpose,
         max_bytes=runtime.settings.max_upload_bytes,
-        expires_after_seconds=expires_after_seconds,
+        expires_after_seconds=service.expires_after_seconds(
+            expires_after_anchor, expires_after_seconds
+        ),
     )
 
 

@@ -31,6 +31,33 @@ def to_object(row: File) -> FileObject:
     )
 
 
+EXPIRES_MIN_SECONDS = 3600
+EXPIRES_MAX_SECONDS = 2_592_000
+
+
+def expires_after_seconds(anchor: str | None, seconds: str | None) -> int | None:
+    """Validate the multipart `expires_after[anchor]` / `expires_after[seconds]` pair."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise bad_request(
+            f"Invalid value for 'expires_after.anchor': {anchor!r}. Expected 'created_at'.",
+            "expires_after.anchor",
+        )
+    if seconds is None:
+        raise bad_request(
+            "Missing required parameter: 'expires_after.seconds'.", "expires_after.seconds"
+        )
+    value = int(seconds) if seconds.strip().isdigit() else -1
+    if not EXPIRES_MIN_SECONDS <= value <= EXPIRES_MAX_SECONDS:
+        raise bad_request(
+            f"Invalid value for 'expires_after.seconds': {seconds!r}. Expected an integer "
+            f"between {EXPIRES_MIN_SECONDS} and {EXPIRES_MAX_SECONDS}.",
+            "expires_after.seconds",
+        )
+    return value
+
+
 async def _chunks(upload: UploadFile, limit: int) -> AsyncIterator[bytes]:
     # UploadFile has already spooled the body to a temporary file past 1 MB; read it back in
     # chunks so no upload is ever whole in memory.

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query
 
 from hal9100.core.deps import SessionDep
 from hal9100.core.pagination import ListParams, list_params
@@ -35,9 +35,13 @@ async def retrieve_message(thread_id: str, message_id: str, session: SessionDep)
 
 @router.post("/{message_id}")
 async def modify_message(
-    thread_id: str, message_id: str, body: MessageUpdate, session: SessionDep
+    thread_id: str,
+    message_id: str,
+    session: SessionDep,
+    body: Annotated[MessageUpdate | None, Body()] = None,
 ) -> MessageObject:
-    return await service.update(session, thread_id, message_id, body)
+    # Every field is optional, so no body is an update that changes nothing.
+    return await service.update(session, thread_id, message_id, body or MessageUpdate())
 
 
 @router.delete("/{message_id}")

@@ -10,7 +10,7 @@ from hal9100.core import ids
 from hal9100.core.clock import now
 from hal9100.core.errors import APIError, not_found
 from hal9100.core.pagination import ListParams, envelope
-from hal9100.core.resources import check_file_ids
+from hal9100.core.resources import check_file_refs
 from hal9100.core.schemas import DeletedObject, ListResponse, dump_json
 from hal9100.db.models import Message
 from hal9100.messages.repository import MessageRepository
@@ -56,18 +56,20 @@ async def build_message(
 ) -> Message:
     """Validate and build (not add) a message row; `param` prefixes error locations."""
     prefix = f"{param}." if param else ""
-    image_ids = (
-        [
-            p.image_file.file_id
-            for p in body.content
-            if not isinstance(p, str) and p.type == "image_file"
-        ]
-        if not isinstance(body.content, str)
-        else []
-    )
-    await check_file_ids(session, image_ids, f"{prefix}content.image_file.file_id")
+    parts = [] if isinstance(body.content, str) else body.content
     attachments = body.attachments or []
-    await check_file_ids(session, [a.file_id for a in attachments], f"{prefix}attachments.file_id")
+    await check_file_refs(
+        session,
+        [
+            (part.image_file.file_id, f"{prefix}content[{index}].image_file.file_id")
+            for index, part in enumerate(parts)
+            if part.type == "image_file"
+        ]
+        + [
+            (attachment.file_id, f"{prefix}attachments[{index}].file_id")
+            for index, attachment in enumerate(attachments)
+        ],
+    )
     return Message(
         id=ids.message_id(),
         created_at=now(),

@@ -26,8 +26,11 @@ async def retrieve_thread(thread_id: str, session: SessionDep) -> ThreadObject:
 
 
 @router.post("/{thread_id}")
-async def modify_thread(thread_id: str, body: ThreadUpdate, session: SessionDep) -> ThreadObject:
-    return await service.update(session, thread_id, body)
+async def modify_thread(
+    thread_id: str, session: SessionDep, body: Annotated[ThreadUpdate | None, Body()] = None
+) -> ThreadObject:
+    # Every field is optional, so no body is an update that changes nothing.
+    return await service.update(session, thread_id, body or ThreadUpdate())
 
 
 @router.delete("/{thread_id}")
