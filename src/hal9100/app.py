@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes, include_in_schema=False)
 
     @app.get("/health", include_in_schema=False)
+    @app.get("/v1/health", include_in_schema=False)
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
