@@ -10,14 +10,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hal9100.events.base import CLOSING_EVENTS, RunEvent
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# A Redis restart takes a moment. Writers wait a little for it (an event published late beats
+# one lost); readers wait longer, so a client's stream survives the restart.
+PUBLISH_PATIENCE = 2.0
+READ_PATIENCE = 30.0
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+async def _retrying(operation: Callable[[], Awaitable[T]], what: str, patience: float) -> T:
+    delay = 0.05
+    waited = 0.0
+    while True:
+        try:
+            return await operation()
+        except TRANSIENT:
+            if waited >= patience:
+                raise
+            log.warning("redis unavailable during %s; retrying in %.2fs", what, delay)
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 1.0)
+
 
 # A finished run's events stay this long for late readers; every publish renews it.
 RETAIN_SECONDS = 3600
@@ -38,18 +64,29 @@ class RedisEventBus:
 
     async def publish(self, run_id: str, event: RunEvent) -> None:
         key = self._key(run_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(
-                key,
-                {"e": event.event, "d": event.data},
-                maxlen=MAX_EVENTS_PER_RUN,
-                approximate=True,
-            )
-            pipe.expire(key, RETAIN_SECONDS)
-            await pipe.execute()
+
+        async def send() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(
+                    key,
+                    {"e": event.event, "d": event.data},
+                    maxlen=MAX_EVENTS_PER_RUN,
+                    approximate=True,
+                )
+                pipe.expire(key, RETAIN_SECONDS)
+                await pipe.execute()
+
+        try:
+            await _retrying(send, "publish", PUBLISH_PATIENCE)
+        except TRANSIENT:
+            # The run's state is in the database; only live streams miss this event.
+            log.error("run %s: event %s lost, Redis is down", run_id, event.event)
 
     async def position(self, run_id: str) -> str:
-        last = await self.redis.xrevrange(self._key(run_id), count=1)
+        key = self._key(run_id)
+        last = await _retrying(
+            lambda: self.redis.xrevrange(key, count=1), "position", PUBLISH_PATIENCE
+        )
         if not last:
             return "0-0"
         entry_id = last[0][0]
@@ -59,7 +96,13 @@ class RedisEventBus:
         key = self._key(run_id)
         cursor = after
         while True:
-            answer = await self.redis.xread({key: cursor}, count=500, block=BLOCK_MS)
+            # Entry ids are times, so after a Redis restart new entries still sort after
+            # the cursor: the stream resumes with whatever is published from then on.
+            answer = await _retrying(
+                functools.partial(self.redis.xread, {key: cursor}, count=500, block=BLOCK_MS),
+                "read",
+                READ_PATIENCE,
+            )
             for _stream, entries in answer or []:
                 for entry_id, fields in entries:
                     cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from saq import Queue, Worker
 
 from hal9100.queue.base import RunHandler
 
 TASK = "execute_run"
+log = logging.getLogger(__name__)
 
 
 class RedisRunQueue:
@@ -30,6 +34,14 @@ class RedisRunQueue:
         self._closed = False
 
     async def enqueue(self, run_id: str) -> None:
+        """Hand the run to a worker. If Redis is down the run stays queued in the database,
+        and the sweeper dispatches it once its dispatch deadline passes."""
+        try:
+            await self._enqueue(run_id)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            log.warning("run %s: Redis unavailable, leaving dispatch to the sweeper", run_id)
+
+    async def _enqueue(self, run_id: str) -> None:
         await self.queue.enqueue(
             TASK,
             run_id=run_id,

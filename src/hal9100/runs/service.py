@@ -129,10 +129,17 @@ def _new_run(
     )
 
 
-async def _dispatch(runtime: Runtime, run: Run, events: list[RunEvent]) -> Started:
-    position = await runtime.bus.position(run.id)
-    for item in events:
-        await runtime.bus.publish(run.id, item)
+async def _dispatch(
+    runtime: Runtime, run: Run, events: list[RunEvent], stream: bool | None
+) -> Started:
+    # These events open the stream of this very request; nobody else reads a run from before
+    # its creation. A polling client neither needs nor waits on the event channel (which may
+    # be restarting: the run is stored and will be dispatched all the same).
+    position = ""
+    if stream:
+        position = await runtime.bus.position(run.id)
+        for item in events:
+            await runtime.bus.publish(run.id, item)
     await runtime.queue.enqueue(run.id)
     return Started(run=run, position=position)
 
@@ -162,6 +169,7 @@ async def create(
         runtime,
         run,
         [event("thread.run.created", queued), event("thread.run.queued", queued)],
+        body.stream,
     )
 
 
@@ -185,6 +193,7 @@ async def create_thread_and_run(
             event("thread.run.created", queued),
             event("thread.run.queued", queued),
         ],
+        body.stream,
     )
 
 
@@ -314,7 +323,7 @@ async def submit_tool_outputs(
         events.append(event("thread.run.step.completed", step_object(step)))
     await session.commit()
     events.append(event("thread.run.queued", run_object(resumed)))
-    return await _dispatch(runtime, resumed, events)
+    return await _dispatch(runtime, resumed, events, body.stream)
 
 
 async def _pending_tool_step(
