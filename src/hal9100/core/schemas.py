@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, TypeVar, Union, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Union, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
@@ -87,7 +87,10 @@ class FunctionTool(RequestModel):
     function: FunctionDefinition
 
 
-Tool = tagged_union(CodeInterpreterTool, FileSearchTool, FunctionTool)
+if TYPE_CHECKING:
+    Tool = CodeInterpreterTool | FileSearchTool | FunctionTool
+else:
+    Tool = tagged_union(CodeInterpreterTool, FileSearchTool, FunctionTool)
 
 
 class CodeInterpreterResources(RequestModel):
@@ -143,9 +146,14 @@ class ResponseFormatJsonSchema(RequestModel):
     json_schema: JsonSchemaFormat
 
 
-ResponseFormat = Literal["auto"] | tagged_union(
-    ResponseFormatText, ResponseFormatJsonObject, ResponseFormatJsonSchema
-)
+if TYPE_CHECKING:
+    ResponseFormat = (
+        Literal["auto"] | ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema
+    )
+else:
+    ResponseFormat = Literal["auto"] | tagged_union(
+        ResponseFormatText, ResponseFormatJsonObject, ResponseFormatJsonSchema
+    )
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -34,7 +34,10 @@ class ImageUrlPart(RequestModel):
     image_url: ImageUrlRef
 
 
-ContentPart = tagged_union(TextPart, ImageFilePart, ImageUrlPart)
+if TYPE_CHECKING:
+    ContentPart = TextPart | ImageFilePart | ImageUrlPart
+else:
+    ContentPart = tagged_union(TextPart, ImageFilePart, ImageUrlPart)
 
 
 class AttachmentTool(RequestModel):
