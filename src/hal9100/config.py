@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         default=0.5, validation_alias="HAL9100_LLM_RETRY_BASE_DELAY"
     )
     llm_timeout: float = Field(default=600.0, validation_alias="HAL9100_LLM_TIMEOUT")
+    # A streamed run that sends nothing for this long is looked up in the database, so a
+    # stream whose run was deleted (or whose closing event was lost) ends instead of hanging.
+    stream_check_seconds: float = Field(
+        default=15.0, validation_alias="HAL9100_STREAM_CHECK_SECONDS"
+    )
     max_upload_bytes: int = Field(
         default=512 * 1024 * 1024, validation_alias="HAL9100_MAX_UPLOAD_BYTES"
     )

@@ -8,9 +8,10 @@ a client connected to any API process sees the events of a run executed by any w
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 # Events after which a stream segment ends: the run is finished or waits for the client.
 CLOSING_EVENTS = frozenset(
@@ -35,6 +36,20 @@ class RunEvent:
 
     def sse(self) -> bytes:
         return f"event: {self.event}\ndata: {self.data}\n\n".encode()
+
+
+def error_event(message: str, code: str | None = "server_error") -> RunEvent:
+    """The `error` stream event, for failures of a stream itself (a run's own failure is
+    `thread.run.failed`).
+
+    The spec's ErrorEvent data is a bare Error object, while the official SDKs raise
+    `APIError` only for data holding an `error` object (the Python SDK otherwise tries to
+    read the event as a run event). The data carries both: the Error fields at the top level
+    and the same object under `error`.
+    """
+    error: dict[str, Any] = {"message": message, "type": "server_error", "param": None}
+    error["code"] = code
+    return RunEvent("error", json.dumps({**error, "error": error}, separators=(",", ":")))
 
 
 class EventBus(Protocol):

@@ -29,7 +29,7 @@ def _answer(
     runtime: RuntimeDep, started: service.Started, stream: bool | None
 ) -> RunObject | StreamingResponse:
     if stream:
-        return event_stream(runtime.bus, started.run.id, started.position)
+        return event_stream(runtime, started.run.id, started.position)
     return run_object(started.run)
 
 

@@ -12,7 +12,6 @@ Events are published as things happen; deltas are never stored, only the finishe
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -95,6 +94,9 @@ class _Turn:
     positions: dict[int, int] = field(default_factory=dict)
     usage: Usage | None = None
     finish: str | None = None
+    # When the message was announced completed because the model went on to tool calls
+    # (it is stored so at the end of the turn, or when the run stops).
+    message_done_at: int | None = None
 
     @property
     def emitted(self) -> bool:
@@ -208,6 +210,8 @@ class _Job:
         self.run_id = run_id
         self.epoch = epoch
         self.stop = stop
+        # The turn being streamed, so a run stopped mid-turn stores what its clients saw.
+        self.turn: _Turn | None = None
 
     async def publish(self, events: list[RunEvent]) -> None:
         for item in events:
@@ -331,7 +335,7 @@ class _Job:
             await self._incomplete("max_prompt_tokens")
             return "done"
 
-        turn = _Turn()
+        turn = self.turn = _Turn()
         await self._stream(run, resolved.backend, prompt.request, turn)
         if turn.usage is None:
             # Some servers report no usage when streaming; estimate rather than leave a run
@@ -476,6 +480,8 @@ class _Job:
 
     async def _on_tool_delta(self, run: Run, turn: _Turn, delta: ToolCallDelta) -> None:
         if turn.tool_step is None:
+            if turn.message is not None and turn.message_done_at is None:
+                await self._announce_message_done(turn)
             step = RunStep(
                 id=ids.step_id(),
                 created_at=now(),
@@ -522,6 +528,28 @@ class _Job:
             },
         }
         await self.x.bus.publish(self.run_id, event("thread.run.step.delta", payload))
+
+    async def _announce_message_done(self, turn: _Turn) -> None:
+        """Text came before tool calls: like OpenAI, close the message and its step before
+        the tool-call step opens (the SDK's helpers expect one open step at a time). Their
+        rows are written at the end of the turn, or by `_keep_partial` if the run stops."""
+        assert turn.message is not None and turn.message_step is not None
+        stamp = turn.message_done_at = now()
+        message, step = turn.message, turn.message_step
+        message.content = [
+            {"type": "text", "text": {"value": "".join(turn.text), "annotations": []}}
+        ]
+        message.status = "completed"
+        message.completed_at = stamp
+        step.status = "completed"
+        step.completed_at = stamp
+        step.usage = None  # the turn's usage goes to its tool-call step
+        await self.publish(
+            [
+                event("thread.message.completed", message_object(message)),
+                event("thread.run.step.completed", step_object(step)),
+            ]
+        )
 
     async def _insert(self, *rows: Any) -> None:
         async with self.x.sessions() as session:
@@ -584,30 +612,32 @@ class _Job:
                 # Cancelled (or expired) between the last token and now: stop as asked.
                 raise await self._why_not_in_progress()
             if turn.message is not None and turn.message_step is not None:
+                announced = turn.message_done_at is not None
                 message = await session.merge(turn.message)
                 message.content = [
                     {"type": "text", "text": {"value": "".join(turn.text), "annotations": []}}
                 ]
-                if cut_short:
+                if cut_short and not announced:
                     message.status = "incomplete"
                     message.incomplete_at = stamp
                     message.incomplete_details = {"reason": "max_tokens"}
                 else:
                     message.status = "completed"
-                    message.completed_at = stamp
+                    message.completed_at = turn.message_done_at or stamp
                 step = await session.merge(turn.message_step)
                 step.status = "completed"
-                step.completed_at = stamp
+                step.completed_at = turn.message_done_at or stamp
                 step.usage = turn_usage if turn.tool_step is None else None
-                events.append(
-                    event(
-                        "thread.message.completed"
-                        if not cut_short
-                        else "thread.message.incomplete",
-                        message_object(message),
+                if not announced:
+                    events.append(
+                        event(
+                            "thread.message.completed"
+                            if not cut_short
+                            else "thread.message.incomplete",
+                            message_object(message),
+                        )
                     )
-                )
-                events.append(event("thread.run.step.completed", step_object(step)))
+                    events.append(event("thread.run.step.completed", step_object(step)))
             if turn.tool_step is not None:
                 tool_step = await session.merge(turn.tool_step)
                 tool_step.step_details = {
@@ -656,9 +686,58 @@ class _Job:
             if updated is None:
                 await session.rollback()
                 return
+            await self._keep_partial(session)
             events = await close_open_work(session, self.run_id, status, last_error)
             await session.commit()
         await self.publish([*events, run_event(updated)])
+
+    async def _keep_partial(self, session: Any) -> None:
+        """Store what the unfinished turn streamed (text, tool-call fragments) on the message
+        and step it leaves open, which `close_open_work` then closes: the stored objects say
+        what the stream said."""
+        turn = self.turn
+        if turn is None:
+            return
+        if turn.message is not None and turn.message_done_at is not None:
+            # Announced completed when the tool calls began: store it so.
+            text = {"value": "".join(turn.text), "annotations": []}
+            done = {"status": "completed", "completed_at": turn.message_done_at}
+            await session.execute(
+                update(Message)
+                .where(Message.id == turn.message.id, Message.status == "in_progress")
+                .values(content=[{"type": "text", "text": text}], **done)
+                .execution_options(synchronize_session=False)
+            )
+            if turn.message_step is not None:
+                await session.execute(
+                    update(RunStep)
+                    .where(RunStep.id == turn.message_step.id, RunStep.status == "in_progress")
+                    .values(**done)
+                    .execution_options(synchronize_session=False)
+                )
+        elif turn.message is not None and turn.text:
+            text = {"value": "".join(turn.text), "annotations": []}
+            await session.execute(
+                update(Message)
+                .where(Message.id == turn.message.id, Message.status == "in_progress")
+                .values(content=[{"type": "text", "text": text}])
+                .execution_options(synchronize_session=False)
+            )
+        if turn.tool_step is not None and turn.calls:
+            calls = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": "".join(c.arguments), "output": None},
+                }
+                for c in turn.calls
+            ]
+            await session.execute(
+                update(RunStep)
+                .where(RunStep.id == turn.tool_step.id, RunStep.status == "in_progress")
+                .values(step_details={"type": "tool_calls", "tool_calls": calls})
+                .execution_options(synchronize_session=False)
+            )
 
     async def _incomplete(self, reason: str) -> None:
         async with self.x.sessions() as session:
@@ -683,12 +762,3 @@ class _Job:
         message = f"The model backend failed: {exc.message}"
         log.warning("run %s failed: %s", self.run_id, exc.message)
         await self._finish("failed", last_error={"code": code, "message": message})
-
-
-def error_event(message: str) -> RunEvent:
-    return RunEvent(
-        "error",
-        json.dumps(
-            {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
-        ),
-    )

@@ -141,6 +141,17 @@ async def close_open_work(
     (cancelled, failed, expired or incomplete). Returns their events, to publish after commit."""
     stamp = now()
     events: list[RunEvent] = []
+    # Messages first, then the steps that were writing them, as a finished turn does.
+    messages = (
+        await session.scalars(
+            select(Message).where(Message.run_id == run_id, Message.status == "in_progress")
+        )
+    ).all()
+    for message in messages:
+        message.status = "incomplete"
+        message.incomplete_at = stamp
+        message.incomplete_details = {"reason": MESSAGE_REASON.get(status, "max_tokens")}
+        events.append(event("thread.message.incomplete", message_object(message)))
     steps = (
         await session.scalars(
             select(RunStep).where(RunStep.run_id == run_id, RunStep.status == "in_progress")
@@ -159,14 +170,4 @@ async def close_open_work(
             step.failed_at = stamp
             step.last_error = last_error
         events.append(event(f"thread.run.step.{step_status}", step_object(step)))
-    messages = (
-        await session.scalars(
-            select(Message).where(Message.run_id == run_id, Message.status == "in_progress")
-        )
-    ).all()
-    for message in messages:
-        message.status = "incomplete"
-        message.incomplete_at = stamp
-        message.incomplete_details = {"reason": MESSAGE_REASON.get(status, "max_tokens")}
-        events.append(event("thread.message.incomplete", message_object(message)))
     return events
