@@ -17,17 +17,32 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from saq import Queue, Worker
+from saq import Worker
+from saq.queue.redis import RedisQueue as SaqRedisQueue
 
 from hal9100.queue.base import RunHandler
 
 TASK = "execute_run"
+
+
+class _Queue(SaqRedisQueue):
+    """SAQ's Redis queue without its stuck-job sweep.
+
+    That sweep snapshots the active jobs and aborts those it takes for stuck, which includes
+    a job a worker has dequeued but not yet marked active: it cancelled runs mid-stream under
+    load, and its five-second waits held up every shutdown. A run's liveness is its database
+    lease, and HAL-9100's own sweeper re-dispatches runs whose lease lapsed."""
+
+    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
+        return []
+
+
 log = logging.getLogger(__name__)
 
 
 class RedisRunQueue:
     def __init__(self, url: str, *, name: str = "hal9100-runs", drain_seconds: int = 30) -> None:
-        self.queue = Queue.from_url(url, name=name)
+        self.queue = _Queue.from_url(url, name=name)
         self.drain_seconds = drain_seconds
         self._worker: Worker[Any] | None = None
         self._task: asyncio.Task[None] | None = None
