@@ -65,10 +65,12 @@ class ModelRouter:
         timeout: float = 600,
     ) -> None:
         self.routes = list(routes)
-        self.default_url = default_url
-        self.default_api_key = default_api_key
-        self.anthropic_api_key = anthropic_api_key
-        self.anthropic_base_url = anthropic_base_url
+        # An empty variable (`MODEL_URL=` in a .env or compose file) means unset: it must give
+        # "no backend configured", not requests to the URL "".
+        self.default_url = default_url or None
+        self.default_api_key = default_api_key or None
+        self.anthropic_api_key = anthropic_api_key or None
+        self.anthropic_base_url = anthropic_base_url or None
         self.default_context_window = default_context_window
         self.timeout = timeout
         self._backends: dict[tuple[BackendKind, str | None, str | None], LLMBackend] = {}
@@ -103,9 +105,12 @@ class ModelRouter:
             backend = self._anthropic(self.anthropic_base_url, self.anthropic_api_key)
             return ResolvedModel(backend, window, "anthropic")
         if self.default_url is None:
-            raise LLMError(
-                "invalid_request", f"no backend configured for model {model}; set MODEL_URL"
+            hint = (
+                "set ANTHROPIC_API_KEY for Claude models, or MODEL_URL"
+                if model.startswith("claude-")
+                else "set MODEL_URL"
             )
+            raise LLMError("invalid_request", f"no backend configured for model {model}; {hint}")
         return ResolvedModel(self._openai(self.default_url, self.default_api_key), window, "openai")
 
     async def aclose(self) -> None:

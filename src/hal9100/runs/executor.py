@@ -253,6 +253,11 @@ class _Job:
                 await session.rollback()
                 await self._finish("cancelled")
                 return None
+            if run.status not in RUNNABLE:
+                # Ended between our claim and now (cancelled while queued, expired): calling
+                # the model would be wasted, and what it wrote would outlive the run.
+                await session.rollback()
+                return None
             if run.expires_at is not None and now() >= run.expires_at:
                 await session.rollback()
                 await self._finish("expired")
@@ -553,9 +558,12 @@ class _Job:
 
     async def _insert(self, *rows: Any) -> None:
         async with self.x.sessions() as session:
-            # Fence: only the lease holder may add to the run.
+            # Fence: only the lease holder may add to the run, and only while it runs; a run
+            # the API or the sweeper ended (cancelled, expired) has had its work closed.
             owner = await session.scalar(
-                select(Run.epoch).where(Run.id == self.run_id, Run.epoch == self.epoch)
+                select(Run.epoch).where(
+                    Run.id == self.run_id, Run.epoch == self.epoch, Run.status.in_(RUNNABLE)
+                )
             )
             if owner is None:
                 raise LeaseLost
@@ -582,7 +590,7 @@ class _Job:
         events: list[RunEvent] = []
         async with self.x.sessions() as session:
             values: dict[str, Any] = {"usage": usage}
-            calls = [
+            calls: list[dict[str, Any]] = [
                 {
                     "id": c.id,
                     "type": "function",

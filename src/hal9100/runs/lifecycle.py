@@ -22,6 +22,7 @@ from hal9100.runs.schemas import RunObject, RunStepObject
 
 ACTIVE = ("queued", "in_progress", "requires_action", "cancelling")
 TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
+NO_USAGE: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 # The message status reason OpenAI gives when a run stops under a message it was writing.
 MESSAGE_REASON = {"cancelled": "run_cancelled", "expired": "run_expired", "failed": "run_failed"}
 
@@ -45,10 +46,13 @@ def run_object(run: Run) -> RunObject:
         instructions=run.instructions,
         tools=run.tools,
         metadata=run.metadata_ or {},
-        # OpenAI reports usage only once the run is finished.
-        usage=run.usage if run.status in TERMINAL else None,
-        temperature=run.temperature,
-        top_p=run.top_p,
+        # OpenAI reports usage only once the run is finished, and then always: a run that
+        # ended before any model call spent nothing.
+        usage=(run.usage or NO_USAGE) if run.status in TERMINAL else None,
+        # Unset means the backend's default, which OpenAI reports as 1.0; None stays stored
+        # so that nothing is sent to servers that reject sampling parameters.
+        temperature=run.temperature if run.temperature is not None else 1.0,
+        top_p=run.top_p if run.top_p is not None else 1.0,
         max_prompt_tokens=run.max_prompt_tokens,
         max_completion_tokens=run.max_completion_tokens,
         truncation_strategy=run.truncation_strategy,
@@ -75,7 +79,9 @@ def step_object(step: RunStep) -> RunStepObject:
         failed_at=step.failed_at,
         completed_at=step.completed_at,
         metadata=step.metadata_ or {},
-        usage=step.usage if step.status != "in_progress" else None,
+        # Null only while in progress. A turn's usage is booked on one of its steps; the
+        # other (the text before tool calls), or a step cut short, spent nothing of its own.
+        usage=(step.usage or NO_USAGE) if step.status != "in_progress" else None,
     )
 
 

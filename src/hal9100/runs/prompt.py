@@ -19,7 +19,9 @@ from hal9100.llm.base import (
 )
 
 # Room kept free for the answer when `truncation_strategy` is auto and the run sets no
-# completion budget of its own.
+# completion budget of its own: this much, but never more than a quarter of the window (a
+# fixed reserve larger than a small model's window would truncate every thread to its last
+# message, however short the conversation).
 DEFAULT_COMPLETION_RESERVE = 1024
 # Images count as a fixed cost; servers price them very differently and we cannot see pixels.
 IMAGE_TOKENS = 256
@@ -202,7 +204,12 @@ def build_prompt(
     if strategy.get("type") == "last_messages" and strategy.get("last_messages"):
         history = history[-int(strategy["last_messages"]) :]
 
-    budget = context_window - (completion_tokens_left or DEFAULT_COMPLETION_RESERVE)
+    reserve = (
+        completion_tokens_left
+        if completion_tokens_left is not None
+        else min(DEFAULT_COMPLETION_RESERVE, context_window // 4)
+    )
+    budget = context_window - reserve
     if run.max_prompt_tokens is not None:
         budget = min(budget, run.max_prompt_tokens - prompt_tokens_used)
     fixed = prompt_tokens(system) + prompt_tokens(rounds)

@@ -4,7 +4,7 @@ from sqlalchemy import select
 
 from hal9100.core.pagination import ListParams, paginate
 from hal9100.core.repository import Repository
-from hal9100.db.models import Run, RunStep
+from hal9100.db.models import Run, RunStep, Thread
 
 # A thread holds at most one run in these states; OpenAI refuses new runs and messages then.
 ACTIVE_STATUSES = ("queued", "in_progress", "requires_action", "cancelling")
@@ -15,6 +15,18 @@ class RunRepository(Repository[Run]):
     noun = "run"
 
     async def active_run_id(self, thread_id: str) -> str | None:
+        """The thread's active run, if any.
+
+        Callers ask before adding a run or a message, so the thread's row is locked first,
+        until the transaction ends: requests racing on one thread (through several API
+        processes) are serialized, and the later one sees the run the earlier one added. `FOR
+        NO KEY UPDATE` rather than `FOR UPDATE`, so that executors inserting messages and
+        steps (foreign keys to the thread) are not held up. SQLite ignores the clause; it
+        has a single writer anyway.
+        """
+        await self.session.execute(
+            select(Thread.id).where(Thread.id == thread_id).with_for_update(key_share=True)
+        )
         return await self.session.scalar(
             select(Run.id)
             .where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))

@@ -44,6 +44,8 @@ from hal9100.threads.schemas import ThreadCreate
 from hal9100.threads.service import build_thread
 from hal9100.threads.service import to_object as thread_object
 
+# A cancel re-reads the run and tries again this often when the run changes state under it.
+_CANCEL_ATTEMPTS = 5
 INCLUDABLE = ("step_details.tool_calls[*].file_search.results[*].content",)
 
 
@@ -229,34 +231,38 @@ async def list_(
 
 async def cancel(session: AsyncSession, runtime: Runtime, thread_id: str, run_id: str) -> RunObject:
     run = await _get(session, thread_id, run_id)
-    if run.status in TERMINAL or run.status == "cancelling":
-        raise bad_request(f"Cannot cancel run with status '{run.status}'.")
-    # A run nobody executes right now (waiting in the queue, or for tool outputs) is
-    # cancelled here and now; one in an executor's hands is asked to stop.
-    idle = await transition(
-        session,
-        run_id,
-        ("requires_action", "queued"),
-        terminal_values("cancelled", cancel_requested=True),
-    )
-    if idle is not None and (idle.status == "cancelled"):
-        events = await close_open_work(session, run_id, "cancelled")
-        await session.commit()
-        for item in [*events, run_event(idle)]:
-            await runtime.bus.publish(run_id, item)
-        return run_object(idle)
-    await session.rollback()
-    busy = await transition(
-        session, run_id, ("in_progress",), {"status": "cancelling", "cancel_requested": True}
-    )
-    if busy is None:
+    # The run may move between our guarded updates (an executor ends its turn: in_progress
+    # -> requires_action; tool outputs arrive: requires_action -> queued). Whichever state it
+    # moved to is cancellable too, so try again rather than refuse.
+    for _ in range(_CANCEL_ATTEMPTS):
+        if run.status in TERMINAL or run.status == "cancelling":
+            break
+        # A run nobody executes right now (waiting in the queue, or for tool outputs) is
+        # cancelled here and now; one in an executor's hands is asked to stop.
+        idle = await transition(
+            session,
+            run_id,
+            ("requires_action", "queued"),
+            terminal_values("cancelled", cancel_requested=True),
+        )
+        if idle is not None:
+            events = await close_open_work(session, run_id, "cancelled")
+            await session.commit()
+            for item in [*events, run_event(idle)]:
+                await runtime.bus.publish(run_id, item)
+            return run_object(idle)
         await session.rollback()
-        current = await _get(session, thread_id, run_id)
-        raise bad_request(f"Cannot cancel run with status '{current.status}'.")
-    await session.commit()
-    await runtime.bus.publish(run_id, run_event(busy))
-    await runtime.bus.request_cancel(run_id)
-    return run_object(busy)
+        busy = await transition(
+            session, run_id, ("in_progress",), {"status": "cancelling", "cancel_requested": True}
+        )
+        if busy is not None:
+            await session.commit()
+            await runtime.bus.publish(run_id, run_event(busy))
+            await runtime.bus.request_cancel(run_id)
+            return run_object(busy)
+        await session.rollback()
+        run = await _get(session, thread_id, run_id)
+    raise bad_request(f"Cannot cancel run with status '{run.status}'.")
 
 
 async def submit_tool_outputs(

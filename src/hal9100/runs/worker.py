@@ -15,12 +15,12 @@ import socket
 import time
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, or_, select, update
 
 from hal9100.config import Settings
 from hal9100.core.clock import now
 from hal9100.db.models import Run
-from hal9100.runs.executor import RunExecutor
+from hal9100.runs.executor import RUNNABLE, RunExecutor
 from hal9100.runs.lifecycle import close_open_work, run_event, terminal_values, transition
 from hal9100.runtime import Runtime, build_runtime
 
@@ -100,8 +100,8 @@ async def sweep(runtime: Runtime) -> None:
         lapsed = (
             await session.scalars(
                 select(Run.id).where(
-                    Run.status.in_(("queued", "in_progress", "cancelling")),
-                    Run.lease_expires_at < stamp,
+                    Run.status.in_(RUNNABLE),
+                    _lease_lapsed(stamp),
                 )
             )
         ).all()
@@ -114,13 +114,20 @@ async def sweep(runtime: Runtime) -> None:
             # Push the dispatch deadline out first so concurrent sweepers enqueue it once.
             result = await session.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.lease_expires_at < stamp)
+                .where(Run.id == run_id, Run.status.in_(RUNNABLE), _lease_lapsed(stamp))
                 .values(lease_owner=None, lease_expires_at=stamp + runtime.settings.lease_seconds)
             )
             await session.commit()
         if getattr(result, "rowcount", 0):
             log.info("run %s: dispatch or lease lapsed, re-queueing", run_id)
             await runtime.queue.enqueue(run_id)
+
+
+def _lease_lapsed(stamp: float) -> ColumnElement[bool]:
+    """No live lease and no pending dispatch. A run with work left and no lease at all
+    (an executor interrupted mid-run, e.g. its queue job aborted, released the run without
+    finishing it) counts too: nothing else would ever pick it up again."""
+    return or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < stamp)
 
 
 async def expire(runtime: Runtime, run_id: str) -> None:
