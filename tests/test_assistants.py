@@ -79,7 +79,9 @@ def test_tool_resources_file_ids_checked(client: openai.OpenAI) -> None:
 
 
 def test_modify_changes_only_given_fields(client: openai.OpenAI) -> None:
-    created = client.beta.assistants.create(model="m1", name="a", instructions="x", metadata={"k": "v"})
+    created = client.beta.assistants.create(
+        model="m1", name="a", instructions="x", metadata={"k": "v"}
+    )
     updated = client.beta.assistants.update(created.id, name="b", model="m2", metadata={"k2": "v2"})
     assert updated.name == "b" and updated.model == "m2"
     assert updated.instructions == "x"
@@ -106,7 +108,9 @@ def test_delete_then_404(client: openai.OpenAI) -> None:
 
 def test_list_pagination_order_and_cursors(client: openai.OpenAI) -> None:
     tag = {"suite": "pagination"}
-    made = [client.beta.assistants.create(model="m", name=f"p{i}", metadata=tag).id for i in range(7)]
+    made = [
+        client.beta.assistants.create(model="m", name=f"p{i}", metadata=tag).id for i in range(7)
+    ]
     # Several share one created_at second: cursors must still be exact.
     page = client.beta.assistants.list(limit=3, order="asc", after=made[0])
     assert [a.id for a in page.data] == made[1:4]

@@ -218,7 +218,8 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     if message.role == "assistant":
         out: dict[str, Any] = {"role": "assistant", "content": _text(message.content)}
         if message.tool_calls:
-            out["content"] = out["content"] or None
+            # An empty string, not null: llama.cpp's server (llama-cpp-python) rejects a null
+            # content, and OpenAI, vLLM and Ollama take either.
             out["tool_calls"] = [
                 {
                     "id": call.id,

@@ -12,13 +12,14 @@ Events are published as things happen; deltas are never stored, only the finishe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, or_, select, update
 
 from hal9100.config import Settings
 from hal9100.core import ids
@@ -97,6 +98,14 @@ class _Turn:
     # When the message was announced completed because the model went on to tool calls
     # (it is stored so at the end of the turn, or when the run stops).
     message_done_at: int | None = None
+    # The message and its step are written while their first events are already on their
+    # way (the first token does not wait for the database); later writes wait for this.
+    persisting: asyncio.Task[None] | None = None
+
+    async def persisted(self) -> None:
+        task, self.persisting = self.persisting, None
+        if task is not None:
+            await task
 
     @property
     def emitted(self) -> bool:
@@ -124,28 +133,43 @@ class RunExecutor:
 
     # --- lease -------------------------------------------------------------------------
 
-    async def _claim(self, run_id: str) -> int | None:
+    async def _claim(self, run_id: str) -> tuple[Run, bool] | None:
+        """Take the lease on a run that has work. Returns the run, and whether this claim
+        also started it (queued -> in_progress)."""
         stamp = time.time()
+        free = or_(Run.lease_owner.is_(None), Run.lease_expires_at < stamp)
+        lease = {
+            "lease_owner": self.worker_id,
+            "lease_expires_at": stamp + self.lease_seconds,
+            "epoch": Run.epoch + 1,
+        }
         async with self.sessions() as session:
-            result = await session.execute(
+            # The common case in one statement: a queued run (new, or resumed with tool
+            # outputs) is claimed and started together.
+            run = await session.scalar(
                 update(Run)
-                .where(
-                    Run.id == run_id,
-                    Run.status.in_(RUNNABLE),
-                    (Run.lease_owner.is_(None)) | (Run.lease_expires_at < stamp),
-                )
+                .where(Run.id == run_id, Run.status == "queued", free)
                 .values(
-                    lease_owner=self.worker_id,
-                    lease_expires_at=stamp + self.lease_seconds,
-                    epoch=Run.epoch + 1,
+                    **lease,
+                    status="in_progress",
+                    started_at=func.coalesce(Run.started_at, now()),
                 )
+                .returning(Run)
             )
-            if not getattr(result, "rowcount", 0):
+            started = run is not None
+            if run is None:
+                # Taking over a run in progress or being cancelled (its worker died).
+                run = await session.scalar(
+                    update(Run)
+                    .where(Run.id == run_id, Run.status.in_(RUNNABLE), free)
+                    .values(**lease)
+                    .returning(Run)
+                )
+            if run is None:
                 await session.rollback()
                 return None
-            epoch = await session.scalar(select(Run.epoch).where(Run.id == run_id))
             await session.commit()
-            return epoch
+            return run, started
 
     async def _keep_lease(self, run_id: str, epoch: int, stop: asyncio.Future[str]) -> None:
         """Renew the lease until cancelled; resolve `stop` when the lease is lost or the
@@ -178,23 +202,30 @@ class RunExecutor:
     # --- entry point ---------------------------------------------------------------------
 
     async def execute(self, run_id: str) -> None:
-        epoch = await self._claim(run_id)
-        if epoch is None:
+        claimed = await self._claim(run_id)
+        if claimed is None:
             return
+        run, started = claimed
+        epoch = run.epoch
         stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         lease = asyncio.create_task(self._keep_lease(run_id, epoch, stop))
         cancel_watch = asyncio.create_task(self._watch_cancel(run_id, stop))
+        job = _Job(self, run_id, epoch, stop)
         try:
-            await _Job(self, run_id, epoch, stop).drive()
+            await job.drive(run, started)
         except LeaseLost:
             log.warning("run %s: lease lost, leaving it to its new owner", run_id)
         finally:
+            await job._settle()
             lease.cancel()
             cancel_watch.cancel()
             await asyncio.gather(lease, cancel_watch, return_exceptions=True)
             if not stop.done():
                 stop.cancel()
-            await self._release(run_id, epoch)
+            # A turn that ended the run's work (finished, or waiting for tool outputs) let go
+            # of the lease in the same write; anything else lets go here.
+            if not job.released:
+                await self._release(run_id, epoch)
 
     async def _watch_cancel(self, run_id: str, stop: asyncio.Future[str]) -> None:
         await self.bus.wait_cancel(run_id)
@@ -212,6 +243,8 @@ class _Job:
         self.stop = stop
         # The turn being streamed, so a run stopped mid-turn stores what its clients saw.
         self.turn: _Turn | None = None
+        # The lease was given up in the write that ended the run's work.
+        self.released = False
 
     async def publish(self, events: list[RunEvent]) -> None:
         for item in events:
@@ -219,13 +252,14 @@ class _Job:
 
     # --- the loop ------------------------------------------------------------------------
 
-    async def drive(self) -> None:
-        run = await self._start()
+    async def drive(self, claimed: Run, started: bool) -> None:
+        run = await self._start(claimed, started)
         if run is None:
             return
         for _ in range(MAX_TURNS_PER_EXECUTION):
             try:
-                outcome = await self._turn()
+                outcome = await self._turn(run)
+                run = None
             except Stop as stop:
                 await self._finish(stop.status)
                 return
@@ -243,41 +277,26 @@ class _Job:
             },
         )
 
-    async def _start(self) -> Run | None:
-        events: list[RunEvent] = []
-        async with self.x.sessions() as session:
-            run = await session.scalar(select(Run).where(Run.id == self.run_id))
-            if run is None or run.epoch != self.epoch:
-                return None
-            if run.status == "cancelling":
-                await session.rollback()
-                await self._finish("cancelled")
-                return None
-            if run.status not in RUNNABLE:
-                # Ended between our claim and now (cancelled while queued, expired): calling
-                # the model would be wasted, and what it wrote would outlive the run.
-                await session.rollback()
-                return None
+    async def _start(self, run: Run, started: bool) -> Run | None:
+        if started:
+            # Claimed straight from the queue: nothing half-done can exist, and the run is
+            # already in progress.
+            await self.publish([run_event(run)])
             if run.expires_at is not None and now() >= run.expires_at:
-                await session.rollback()
                 await self._finish("expired")
                 return None
+            return run
+        if run.status == "cancelling":
+            await self._finish("cancelled")
+            return None
+        if run.expires_at is not None and now() >= run.expires_at:
+            await self._finish("expired")
+            return None
+        async with self.x.sessions() as session:
             # A worker that died mid-turn left its half-written answer: drop it, the turn is
             # redone from the last completed step, so no answer is ever stored twice.
             await self._discard_unfinished(session)
-            if run.status == "queued":
-                run = await transition(
-                    session,
-                    self.run_id,
-                    ("queued",),
-                    {"status": "in_progress", "started_at": run.started_at or now()},
-                    epoch=self.epoch,
-                )
-                if run is None:
-                    raise LeaseLost
-                events.append(run_event(run))
             await session.commit()
-        await self.publish(events)
         return run
 
     async def _discard_unfinished(self, session: Any) -> None:
@@ -299,9 +318,11 @@ class _Job:
 
     # --- one model call ----------------------------------------------------------------
 
-    async def _turn(self) -> str:
+    async def _turn(self, current: Run | None) -> str:
+        """One model call. `current` is the run as the claim returned it (first turn), else
+        it is read again: the previous turn changed it."""
         async with self.x.sessions() as session:
-            run = await session.scalar(select(Run).where(Run.id == self.run_id))
+            run = current or await session.scalar(select(Run).where(Run.id == self.run_id))
             if run is None or run.epoch != self.epoch:
                 raise LeaseLost
             messages = await MessageRepository(session).all_in_thread(run.thread_id)
@@ -470,7 +491,6 @@ class _Job:
             },
             metadata_={},
         )
-        await self._insert(message, step)
         turn.message, turn.message_step = message, step
         step_out = step_object(step)
         message_out = message_object(message)
@@ -482,9 +502,11 @@ class _Job:
                 event("thread.message.in_progress", message_out),
             ]
         )
+        turn.persisting = asyncio.create_task(self._insert(message, step))
 
     async def _on_tool_delta(self, run: Run, turn: _Turn, delta: ToolCallDelta) -> None:
         if turn.tool_step is None:
+            await turn.persisted()
             if turn.message is not None and turn.message_done_at is None:
                 await self._announce_message_done(turn)
             step = RunStep(
@@ -574,6 +596,7 @@ class _Job:
 
     async def _end_turn(self, run: Run, turn: _Turn, completion_left: int | None) -> str:
         assert turn.usage is not None
+        await turn.persisted()
         stamp = now()
         used = run.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         usage = {
@@ -604,6 +627,9 @@ class _Job:
                     "type": "submit_tool_outputs",
                     "submit_tool_outputs": {"tool_calls": calls},
                 }
+                # Nothing to do until the client answers: let go of the run now.
+                values["lease_owner"] = None
+                values["lease_expires_at"] = None
             elif cut_short:
                 values.update(
                     terminal_values(
@@ -621,7 +647,8 @@ class _Job:
                 raise await self._why_not_in_progress()
             if turn.message is not None and turn.message_step is not None:
                 announced = turn.message_done_at is not None
-                message = await session.merge(turn.message)
+                # The turn's own objects, written back as plain UPDATEs (no re-read).
+                message, step = turn.message, turn.message_step
                 message.content = [
                     {"type": "text", "text": {"value": "".join(turn.text), "annotations": []}}
                 ]
@@ -632,10 +659,27 @@ class _Job:
                 else:
                     message.status = "completed"
                     message.completed_at = turn.message_done_at or stamp
-                step = await session.merge(turn.message_step)
                 step.status = "completed"
                 step.completed_at = turn.message_done_at or stamp
                 step.usage = turn_usage if turn.tool_step is None else None
+                await session.execute(
+                    update(Message)
+                    .where(Message.id == message.id)
+                    .values(
+                        content=message.content,
+                        status=message.status,
+                        completed_at=message.completed_at,
+                        incomplete_at=message.incomplete_at,
+                        incomplete_details=message.incomplete_details,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                await session.execute(
+                    update(RunStep)
+                    .where(RunStep.id == step.id)
+                    .values(status=step.status, completed_at=step.completed_at, usage=step.usage)
+                    .execution_options(synchronize_session=False)
+                )
                 if not announced:
                     events.append(
                         event(
@@ -647,7 +691,7 @@ class _Job:
                     )
                     events.append(event("thread.run.step.completed", step_object(step)))
             if turn.tool_step is not None:
-                tool_step = await session.merge(turn.tool_step)
+                tool_step = turn.tool_step
                 tool_step.step_details = {
                     "type": "tool_calls",
                     "tool_calls": [
@@ -660,7 +704,19 @@ class _Job:
                     tool_step.status = "completed"
                     tool_step.completed_at = stamp
                     events.append(event("thread.run.step.completed", step_object(tool_step)))
+                await session.execute(
+                    update(RunStep)
+                    .where(RunStep.id == tool_step.id)
+                    .values(
+                        step_details=tool_step.step_details,
+                        usage=tool_step.usage,
+                        status=tool_step.status,
+                        completed_at=tool_step.completed_at,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
             await session.commit()
+        self.released = updated.lease_owner is None
         events.append(run_event(updated))
         await self.publish(events)
         return "done"
@@ -683,6 +739,7 @@ class _Job:
         extra: dict[str, Any] = {}
         if last_error is not None:
             extra["last_error"] = last_error
+        await self._settle()
         async with self.x.sessions() as session:
             updated = await transition(
                 session,
@@ -697,7 +754,15 @@ class _Job:
             await self._keep_partial(session)
             events = await close_open_work(session, self.run_id, status, last_error)
             await session.commit()
+        self.released = True
         await self.publish([*events, run_event(updated)])
+
+    async def _settle(self) -> None:
+        """Let the turn's pending writes land before the run is closed around them (a failed
+        one, e.g. fenced out, has nothing to close)."""
+        if self.turn is not None:
+            with contextlib.suppress(Exception):
+                await self.turn.persisted()
 
     async def _keep_partial(self, session: Any) -> None:
         """Store what the unfinished turn streamed (text, tool-call fragments) on the message
@@ -748,6 +813,7 @@ class _Job:
             )
 
     async def _incomplete(self, reason: str) -> None:
+        await self._settle()
         async with self.x.sessions() as session:
             updated = await transition(
                 session,
@@ -761,6 +827,7 @@ class _Job:
                 return
             events = await close_open_work(session, self.run_id, "incomplete")
             await session.commit()
+        self.released = True
         await self.publish([*events, run_event(updated)])
 
     async def _fail(self, exc: LLMError) -> None:

@@ -108,13 +108,10 @@ async def transition(
     query = update(Run).where(Run.id == run_id, Run.status.in_(from_statuses))
     if epoch is not None:
         query = query.where(Run.epoch == epoch)
-    result = await session.execute(
-        query.values(**values).execution_options(synchronize_session=False)
-    )
-    if not getattr(result, "rowcount", 0):
-        return None
+    # One round trip: the guarded UPDATE hands back the row it changed (SQLite >= 3.35 and
+    # PostgreSQL both support RETURNING).
     run: Run | None = await session.scalar(
-        select(Run).where(Run.id == run_id).execution_options(populate_existing=True)
+        query.values(**values).returning(Run).execution_options(populate_existing=True)
     )
     return run
 
