@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import openai
@@ -130,16 +131,17 @@ class OpenAICompatBackend:
             yield usage
         yield Finish(_finish_reason(finish_reason, saw_tool_calls=assembler.count > 0))
 
-    async def _open(self, body: dict[str, Any]) -> openai.AsyncStream[Any]:
+    async def _open(self, body: dict[str, Any]) -> _ChunkStream:
         while True:
             extra: dict[str, Any] = {}
             if self._send_stream_options:
                 extra["stream_options"] = {"include_usage": True}
+            manager = self._client.chat.completions.with_streaming_response.create(
+                **body, **extra, stream=True
+            )
             try:
-                stream: openai.AsyncStream[Any] = await self._client.chat.completions.create(
-                    **body, **extra, stream=True
-                )
-                return stream
+                response = await manager.__aenter__()
+                return _ChunkStream(manager, response)
             except openai.APIStatusError as exc:
                 if self._send_stream_options and _rejects_stream_options(exc):
                     self._send_stream_options = False
@@ -184,6 +186,47 @@ class OpenAICompatBackend:
 
     def _status_error(self, exc: openai.APIStatusError) -> LLMError:
         return status_error(self._label, exc.status_code, exc.body, exc.message)
+
+
+class _ChunkStream:
+    """The SSE chunks of a streamed completion, decoded straight from the response lines.
+
+    The SDK still builds and sends the request and maps HTTP errors, but its per-chunk model
+    construction was a fifth of the server's CPU per run; chunks are read here as plain
+    namespaces instead, which the delta handling reads attribute by attribute either way.
+    """
+
+    def __init__(self, manager: Any, response: Any) -> None:
+        self._manager = manager
+        self._response = response
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[Any]:
+        async for line in self._response.iter_lines():
+            if not line.startswith("data:"):
+                continue  # blank separators, `event:`/`id:` lines, `: keep-alive` comments
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            if not data:
+                continue
+            chunk = json.loads(data, object_hook=_namespace)
+            error = getattr(chunk, "error", None)
+            if error is not None:
+                # vLLM and llama.cpp report a failure mid-generation this way.
+                raw = json.loads(data)["error"]
+                message = raw.get("message") if isinstance(raw, dict) else str(raw)
+                raise openai.APIError(message or data, self._response.http_request, body=raw)
+            yield chunk
+
+    async def close(self) -> None:
+        await self._manager.__aexit__(None, None, None)
+
+
+def _namespace(fields: dict[str, Any]) -> SimpleNamespace:
+    return SimpleNamespace(**fields)
 
 
 def build_request_body(request: ChatRequest) -> dict[str, Any]:
