@@ -28,30 +28,9 @@ from openapi_contract import (
     validate_sse_text,
     validate_stream_event,
 )
+from runs_support import TERMINAL, TIME_TOOL, WEATHER_TOOL
 
 MODELS = {"openai": "scripted-model", "anthropic": "claude-scripted"}
-TERMINAL = {"completed", "failed", "cancelled", "expired", "incomplete"}
-
-WEATHER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-TIME_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}},
-    },
-}
-
 HEAD = ["thread.run.created", "thread.run.queued", "thread.run.in_progress"]
 MESSAGE_OPEN = [
     "thread.run.step.created",

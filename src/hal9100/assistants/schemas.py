@@ -10,12 +10,11 @@ from hal9100.core.schemas import (
     ReasoningEffort,
     RequestModel,
     ResponseFormat,
+    Temperature,
     Tool,
     ToolResources,
+    TopP,
 )
-
-Temperature = Annotated[float, Field(ge=0, le=2)]
-TopP = Annotated[float, Field(ge=0, le=1)]
 
 
 class AssistantCreate(RequestModel):

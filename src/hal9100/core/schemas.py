@@ -158,6 +158,10 @@ else:
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
+Temperature = Annotated[float, Field(ge=0, le=2)]
+TopP = Annotated[float, Field(ge=0, le=1)]
+
+
 def dump_json(value: Any) -> Any:
     """A request sub-model as the plain JSON we store and return (aliases, no unset keys)."""
     if isinstance(value, BaseModel):

@@ -10,14 +10,14 @@ from hal9100.core.schemas import (
     ReasoningEffort,
     RequestModel,
     ResponseFormat,
+    Temperature,
     Tool,
     ToolResources,
+    TopP,
 )
 from hal9100.messages.schemas import MessageCreate
 from hal9100.threads.schemas import ThreadCreate
 
-Temperature = Annotated[float, Field(ge=0, le=2)]
-TopP = Annotated[float, Field(ge=0, le=1)]
 TokenLimit = Annotated[int, Field(ge=256)]
 
 
