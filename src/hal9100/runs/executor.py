@@ -62,6 +62,9 @@ RUNNABLE = ("queued", "in_progress", "cancelling")
 # A safety net against a model that never stops calling server-side tools.
 MAX_TURNS_PER_EXECUTION = 32
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+# The first token's events leave before its message row is written: an embedded SQLite write
+# runs on the event loop, and would otherwise go first and hold up the stream.
+FIRST_WRITE_DELAY = 0.002
 
 
 class LeaseLost(Exception):
@@ -502,7 +505,7 @@ class _Job:
                 event("thread.message.in_progress", message_out),
             ]
         )
-        turn.persisting = asyncio.create_task(self._insert(message, step))
+        turn.persisting = asyncio.create_task(self._insert(message, step, after=FIRST_WRITE_DELAY))
 
     async def _on_tool_delta(self, run: Run, turn: _Turn, delta: ToolCallDelta) -> None:
         if turn.tool_step is None:
@@ -578,7 +581,9 @@ class _Job:
             ]
         )
 
-    async def _insert(self, *rows: Any) -> None:
+    async def _insert(self, *rows: Any, after: float = 0.0) -> None:
+        if after:
+            await asyncio.sleep(after)
         async with self.x.sessions() as session:
             # Fence: only the lease holder may add to the run, and only while it runs; a run
             # the API or the sweeper ended (cancelled, expired) has had its work closed.
