@@ -245,8 +245,9 @@ def start_production(
         import redis
 
         client = redis.Redis.from_url(REDIS_URL)
+        # Ours start with the prefix; SAQ's embed the queue name ("saq:job:<name>-runs:...").
         keys = list(client.scan_iter(f"{name}*", count=1000)) + list(
-            client.scan_iter(f"saq:{name}*", count=1000)
+            client.scan_iter(f"saq:*{name}*", count=1000)
         )
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
