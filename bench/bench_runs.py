@@ -37,7 +37,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from deployments import Deployment, start_embedded  # noqa: E402
+from deployments import Deployment, server_env, start_embedded  # noqa: E402
 from scripted_llm import ScriptedLLM  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -45,18 +45,6 @@ TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def server_env(llm: ScriptedLLM) -> dict[str, str]:
-    """The environment tests/conftest.py's `server_env` gives a deployment."""
-    return {
-        "MODEL_URL": llm.base_url,
-        "MODEL_API_KEY": "scripted",
-        "ANTHROPIC_API_KEY": "scripted",
-        "ANTHROPIC_BASE_URL": llm.anthropic_base_url,
-        "HAL9100_LLM_RETRY_BASE_DELAY": "0.05",
-        "HAL9100_API_KEY": "",
-    }
 
 
 def command_line() -> str:

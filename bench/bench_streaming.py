@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -37,8 +36,11 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from deployments import start_embedded  # noqa: E402
+from bench_runs import command_line  # noqa: E402
+
+from deployments import server_env, start_embedded  # noqa: E402
 from scripted_llm import ScriptedLLM  # noqa: E402
 
 FINAL_EVENTS = {
@@ -108,13 +110,9 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
-def server_env(llm: ScriptedLLM, concurrency: int) -> dict[str, str]:
+def bench_env(llm: ScriptedLLM, concurrency: int) -> dict[str, str]:
     return {
-        "MODEL_URL": llm.base_url,
-        "MODEL_API_KEY": "scripted",
-        "ANTHROPIC_API_KEY": "scripted",
-        "ANTHROPIC_BASE_URL": llm.anthropic_base_url,
-        "HAL9100_API_KEY": "",
+        **server_env(llm),
         # No access log; and enough run executors that no measured run waits for one.
         "HAL9100_LOG_LEVEL": "warning",
         "HAL9100_WORKER_CONCURRENCY": str(max(64, concurrency + 16)),
@@ -273,15 +271,6 @@ FINAL_OK = "thread.run.completed"
 # --------------------------------------------------------------------------- main
 
 
-def command_line() -> str:
-    python = sys.executable
-    try:
-        python = os.path.relpath(python)
-    except ValueError:
-        pass
-    return shlex.join([python, *sys.argv])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -306,7 +295,7 @@ def main() -> None:
     text = f"[[tokens:{args.tokens}]]" + (f" [[slow:{args.slow}]]" if args.slow else "")
     llm = ScriptedLLM().start()
     data_dir = Path(tempfile.mkdtemp(prefix="hal9100-bench-streaming-"))
-    deployment = start_embedded(server_env(llm, max(args.concurrency)), data_dir)
+    deployment = start_embedded(bench_env(llm, max(args.concurrency)), data_dir)
     rows: list[list[str]] = []
     began = time.perf_counter()
     try:

@@ -25,6 +25,7 @@ from deployments import (
     ServerProcess,
     free_port,
     require_production,
+    server_env,
     start_embedded,
     start_production,
 )
@@ -43,17 +44,6 @@ def scripted_llm() -> Iterator[ScriptedLLM]:
     llm.start()
     yield llm
     llm.stop()
-
-
-def server_env(llm: ScriptedLLM) -> dict[str, str]:
-    return {
-        "MODEL_URL": llm.base_url,
-        "MODEL_API_KEY": "scripted",
-        "ANTHROPIC_API_KEY": "scripted",
-        "ANTHROPIC_BASE_URL": llm.anthropic_base_url,
-        "HAL9100_LLM_RETRY_BASE_DELAY": "0.05",
-        "HAL9100_API_KEY": "",
-    }
 
 
 @pytest.fixture(scope="session")

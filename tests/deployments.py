@@ -26,6 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scripted_llm import ScriptedLLM
+
 PG_ADMIN_URL = os.environ.get("HAL9100_TEST_PG", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("HAL9100_TEST_REDIS", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("HAL9100_REQUIRE_SERVICES", "") not in ("", "0", "false")
@@ -134,6 +136,18 @@ class MotoServer:
         self.proc.terminate()
         self.proc.wait(10)
         self._log.close()
+
+
+def server_env(llm: ScriptedLLM) -> dict[str, str]:
+    """The environment of a deployment answering from the scripted LLM (tests and benches)."""
+    return {
+        "MODEL_URL": llm.base_url,
+        "MODEL_API_KEY": "scripted",
+        "ANTHROPIC_API_KEY": "scripted",
+        "ANTHROPIC_BASE_URL": llm.anthropic_base_url,
+        "HAL9100_LLM_RETRY_BASE_DELAY": "0.05",
+        "HAL9100_API_KEY": "",
+    }
 
 
 def production_unavailable() -> str | None:

@@ -5,9 +5,7 @@ from sqlalchemy import select
 from hal9100.core.pagination import ListParams, paginate
 from hal9100.core.repository import Repository
 from hal9100.db.models import Run, RunStep, Thread
-
-# A thread holds at most one run in these states; OpenAI refuses new runs and messages then.
-ACTIVE_STATUSES = ("queued", "in_progress", "requires_action", "cancelling")
+from hal9100.runs.lifecycle import ACTIVE
 
 
 class RunRepository(Repository[Run]):
@@ -28,9 +26,7 @@ class RunRepository(Repository[Run]):
             select(Thread.id).where(Thread.id == thread_id).with_for_update(key_share=True)
         )
         return await self.session.scalar(
-            select(Run.id)
-            .where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
-            .limit(1)
+            select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE)).limit(1)
         )
 
     async def page_steps(self, run_id: str, params: ListParams) -> tuple[list[RunStep], bool]:

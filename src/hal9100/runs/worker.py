@@ -21,7 +21,7 @@ from hal9100.config import Settings
 from hal9100.core.clock import now
 from hal9100.db.models import Run
 from hal9100.runs.executor import RUNNABLE, RunExecutor
-from hal9100.runs.lifecycle import close_open_work, run_event, terminal_values, transition
+from hal9100.runs.lifecycle import ACTIVE, close_open_work, run_event, terminal_values, transition
 from hal9100.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ async def sweep(runtime: Runtime) -> None:
         overdue = (
             await session.scalars(
                 select(Run.id).where(
-                    Run.status.in_(("queued", "requires_action", "cancelling", "in_progress")),
+                    Run.status.in_(ACTIVE),
                     Run.expires_at < now(),
                     (Run.lease_owner.is_(None)) | (Run.lease_expires_at < stamp),
                 )
@@ -135,7 +135,7 @@ async def expire(runtime: Runtime, run_id: str) -> None:
         updated = await transition(
             session,
             run_id,
-            ("queued", "requires_action", "cancelling", "in_progress"),
+            ACTIVE,
             terminal_values("expired"),
         )
         if updated is None:
