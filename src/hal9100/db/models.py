@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -27,6 +28,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+# A thread holds at most one run in these states (`runs.lifecycle.ACTIVE`); the unique index
+# on a thread's active run enforces it.
+ACTIVE_RUN_STATUSES = ("queued", "in_progress", "requires_action", "cancelling")
+ACTIVE_RUN_SQL = "status IN (" + ", ".join(f"'{s}'" for s in ACTIVE_RUN_STATUSES) + ")"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -114,6 +120,15 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_thread_order", "thread_id", "created_at", "seq"),
         Index("ix_runs_status", "status"),
+        # One active run per thread, enforced by the database itself: correct with any number
+        # of API processes on either database (SQLite has no FOR UPDATE to serialize them).
+        Index(
+            "uq_runs_active_thread",
+            "thread_id",
+            unique=True,
+            sqlite_where=text(ACTIVE_RUN_SQL),
+            postgresql_where=text(ACTIVE_RUN_SQL),
+        ),
     )
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
@@ -154,6 +169,9 @@ class Run(Base):
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     # Set when the user asked to cancel; the executor notices it between and during LLM calls.
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Executions that ended in an unexpected error, in a row; past a bound the run fails
+    # instead of being dispatched again (a crash, which runs no code, is not counted).
+    failed_executions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class RunStep(Base):

@@ -15,14 +15,14 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.core.clock import now
-from hal9100.db.models import Message, Run, RunStep
+from hal9100.db.models import ACTIVE_RUN_STATUSES, Message, Run, RunStep
 from hal9100.events.base import RunEvent
 from hal9100.messages.service import to_object as message_object
 from hal9100.runs.schemas import RunObject, RunStepObject
 
 # A thread holds at most one run in these states (OpenAI refuses new runs and messages then);
 # they are also the states a run can expire from.
-ACTIVE = ("queued", "in_progress", "requires_action", "cancelling")
+ACTIVE = ACTIVE_RUN_STATUSES
 TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
 NO_USAGE: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 # The message status reason OpenAI gives when a run stops under a message it was writing.
