@@ -3,10 +3,14 @@ binary, several megabytes), expiry, delete, and the errors of a bad upload."""
 
 from __future__ import annotations
 
+import email.message
+import email.utils
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import openai
@@ -238,3 +242,147 @@ def test_bad_uploads_are_400_in_openai_shape(raw: httpx.Client) -> None:
     )
     assert bad_seconds.status_code == 400
     assert bad_seconds.json()["error"]["param"] == "expires_after.seconds"
+
+
+# The header as every download sends it: an ASCII fallback in a quoted string with nothing to
+# escape, then the exact name percent-encoded (RFC 6266, RFC 5987). Nothing else fits.
+_DISPOSITION = re.compile(
+    r"attachment; filename=\"([ !#$&-:<-\[\]-~]*)\"; filename\*=UTF-8''([A-Za-z0-9%._~-]+)"
+)
+
+
+def _disposition_name(header: str) -> str:
+    """The name a client reads from a download's Content-Disposition, checked two ways: the
+    exact shape above, and the standard library's RFC 2231 parser."""
+    assert header.isascii(), header
+    shape = _DISPOSITION.fullmatch(header)
+    assert shape is not None, header
+    name = unquote(shape.group(2), errors="strict")
+    parsed = email.message.Message()
+    parsed["Content-Disposition"] = header
+    params = parsed.get_params(header="content-disposition")
+    assert params is not None and [key for key, _ in params] == [
+        "attachment",
+        "filename",
+        "filename",  # filename*, decoded into a (charset, language, value) triple
+    ]
+    assert email.utils.collapse_rfc2231_value(params[2][1]) == name
+    return name
+
+
+def _assert_served_as(raw: httpx.Client, file_id: str, filename: str) -> None:
+    assert raw.get(f"/v1/files/{file_id}").json()["filename"] == filename
+    content = raw.get(f"/v1/files/{file_id}/content")
+    assert content.status_code == 200
+    assert _disposition_name(content.headers["content-disposition"]) == filename
+
+
+LONG_ASCII = "x" * 300 + ".pdf"
+LONG_CJK = "报" * 200 + ".txt"
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("报告.txt", "报告.txt"),
+        ("été ☃ 🙂.md", "été ☃ 🙂.md"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\x\\a.txt", "a.txt"),
+        ("dir\\sub/../name.csv", "name.csv"),
+        # httpx sends C0 controls percent-encoded (as browsers do); DEL and C1 as they are.
+        ("bell\x7f\x85\x9f.txt", "bell.txt"),
+        ("evil\u202etxt.exe", "evil\u202etxt.exe"),
+        (LONG_ASCII, "x" * 251 + ".pdf"),
+        (LONG_CJK, "报" * 83 + ".txt"),
+        ("y" * 300, "y" * 255),
+        ("   ", "upload"),
+        ("..", "upload"),
+        ("somewhere/", "upload"),
+    ],
+)
+def test_filenames_are_cleaned_and_served_back(
+    client: openai.OpenAI, raw: httpx.Client, sent: str, stored: str
+) -> None:
+    created = client.files.create(file=(sent, b"data"), purpose="assistants")
+    assert created.filename == stored
+    assert len(stored.encode()) <= 255
+    assert client.files.retrieve(created.id).filename == stored
+    content = client.files.content(created.id)
+    assert content.read() == b"data"
+    assert _disposition_name(content.response.headers["content-disposition"]) == stored
+    _assert_served_as(raw, created.id, stored)
+
+
+def test_quotes_in_a_filename_inject_no_header_parameter(
+    client: openai.OpenAI, raw: httpx.Client
+) -> None:
+    # httpx sends `"` as %22 (as browsers do), so the raw test below sends the quote itself.
+    created = client.files.create(
+        file=("a\".txt\"; filename*=UTF-8''evil.exe", b"x"), purpose="assistants"
+    )
+    assert created.filename == "a%22.txt%22; filename*=UTF-8''evil.exe"
+    header = client.files.content(created.id).response.headers["content-disposition"]
+    assert _disposition_name(header) == created.filename
+    _assert_served_as(raw, created.id, created.filename)
+
+
+def _multipart(disposition: bytes) -> tuple[bytes, str]:
+    boundary = "hal9100boundary"
+    body = (
+        f"--{boundary}\r\n".encode()
+        + b'Content-Disposition: form-data; name="purpose"\r\n\r\nassistants\r\n'
+        + f"--{boundary}\r\n".encode()
+        + b'Content-Disposition: form-data; name="file"; '
+        + disposition
+        + b"\r\nContent-Type: text/plain\r\n\r\nhostile\r\n"
+        + f"--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize(
+    ("disposition", "stored"),
+    [
+        ('filename="报告.txt"'.encode(), "报告.txt"),  # raw UTF-8, as browsers send it
+        (b'filename="%E6%8A%A5%E5%91%8A.txt"', "%E6%8A%A5%E5%91%8A.txt"),  # kept as sent
+        (b'filename="..%2F..%2Fetc%2Fpasswd"', "..%2F..%2Fetc%2Fpasswd"),
+        (
+            b'filename="a\\".txt\\"; filename*=UTF-8\'\'evil.exe"',
+            "a\".txt\"; filename*=UTF-8''evil.exe",
+        ),
+        (b"filename=\"a.txt\"; filename*=UTF-8''evil.exe", "a.txt"),  # RFC 7578: ignored
+        (b'filename="nul\x00byte.txt"', "nulbyte.txt"),
+        (b'filename="tab\tand\x1besc.txt"', "tabandesc.txt"),
+        (b'filename="del\x7f c1\xc2\x85\xc2\x9f.txt"', "del c1.txt"),
+        (b'filename="..\\..\\windows\\win.ini"', "win.ini"),
+        (b'filename="/etc/passwd"', "passwd"),
+        (b'filename="\xff\xfe.txt"', "\xff\xfe.txt"),  # not UTF-8: read as Latin-1
+        (b'filename=""', "upload"),
+        (b'filename="' + b"z" * 1000 + b'.tar.gz"', "z" * 252 + ".gz"),
+    ],
+)
+def test_hostile_multipart_filenames(raw: httpx.Client, disposition: bytes, stored: str) -> None:
+    body, content_type = _multipart(disposition)
+    created = raw.post("/v1/files", content=body, headers={"Content-Type": content_type})
+    assert created.status_code == 200, created.text
+    assert created.json()["filename"] == stored
+    _assert_served_as(raw, created.json()["id"], stored)
+    assert raw.get("/v1/files", params={"limit": 5}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [b'filename="line\r\nX-Injected: 1.txt"', b'filename="line\nbreak.txt"', b'filename="cr\rx"'],
+)
+def test_line_breaks_in_a_multipart_filename_never_break_the_server(
+    raw: httpx.Client, disposition: bytes
+) -> None:
+    # A line break ends the part's header line, so what is left of the name depends on the
+    # multipart parser; whatever it makes of it is refused or stored cleanly, never a 5xx.
+    body, content_type = _multipart(disposition)
+    created = raw.post("/v1/files", content=body, headers={"Content-Type": content_type})
+    assert created.status_code < 500, created.text
+    if created.status_code == 200:
+        filename = created.json()["filename"]
+        assert not any(ch in filename for ch in "\r\n\x00")
+        _assert_served_as(raw, created.json()["id"], filename)

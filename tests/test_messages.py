@@ -305,3 +305,57 @@ def test_auto_pagination_over_many_pages(client: openai.OpenAI, thread_id: str) 
     assert newest_first == made[::-1]
     texts = [_text(m) for m in client.beta.threads.messages.list(thread_id, limit=100, order="asc")]
     assert texts == [f"n{i}" for i in range(45)]
+
+
+def _assert_not_a_cursor(raw: httpx.Client, path: str, foreign_id: str) -> None:
+    """`foreign_id` exists but lies outside the list at `path`: it is refused as a cursor with
+    the very answer an unknown id gets."""
+    for param in ("after", "before"):
+        answer = raw.get(path, params={param: foreign_id})
+        assert answer.status_code == 400, (path, param, answer.text)
+        assert answer.json() == {
+            "error": {
+                "message": f"Invalid '{param}': no object found with id '{foreign_id}'.",
+                "type": "invalid_request_error",
+                "param": param,
+                "code": None,
+            }
+        }
+
+
+def test_a_cursor_from_another_thread_is_refused(
+    client: openai.OpenAI, raw: httpx.Client, thread_id: str
+) -> None:
+    mine = [
+        client.beta.threads.messages.create(thread_id, role="user", content=f"c{i}").id
+        for i in range(3)
+    ]
+    other = client.beta.threads.create().id
+    theirs = client.beta.threads.messages.create(other, role="user", content="elsewhere").id
+    _assert_not_a_cursor(raw, f"/v1/threads/{thread_id}/messages", theirs)
+    # Within its own thread the same id is a cursor, and so are this thread's ids here.
+    assert client.beta.threads.messages.list(other, after=theirs).data == []
+    page = client.beta.threads.messages.list(thread_id, order="asc", after=mine[0])
+    assert [m.id for m in page.data] == mine[1:]
+
+
+def test_run_and_step_cursors_from_elsewhere_are_refused(
+    client: openai.OpenAI, raw: httpx.Client
+) -> None:
+    assistant_id = client.beta.assistants.create(model="scripted-model").id
+    runs = []
+    for _ in range(2):
+        thread = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
+        run = client.beta.threads.runs.create_and_poll(
+            thread_id=thread.id, assistant_id=assistant_id, poll_interval_ms=20
+        )
+        assert run.status == "completed"
+        runs.append(run)
+    first, second = runs
+    _assert_not_a_cursor(raw, f"/v1/threads/{first.thread_id}/runs", second.id)
+    assert client.beta.threads.runs.list(second.thread_id, after=second.id).data == []
+
+    step = client.beta.threads.runs.steps.list(second.id, thread_id=second.thread_id).data[0]
+    _assert_not_a_cursor(raw, f"/v1/threads/{first.thread_id}/runs/{first.id}/steps", step.id)
+    own = client.beta.threads.runs.steps.list(second.id, thread_id=second.thread_id, after=step.id)
+    assert own.data == []

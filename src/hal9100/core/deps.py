@@ -23,4 +23,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# Function scope: the session closes (its connection back in the pool) when the endpoint
+# returns, before the response is sent. A streamed body (a file download, a run's events) can
+# last as long as its client reads slowly; it must not hold a connection meanwhile, or a few
+# stalled clients take every connection (embedded SQLite has a single one).
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

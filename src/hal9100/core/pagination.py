@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Query
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import Select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.core.errors import bad_request
@@ -45,11 +45,12 @@ async def paginate(
     descending = params.order == "desc"
     # `before` walks backwards: fetch in the opposite order, then flip the page.
     backwards = params.before is not None and params.after is None
+    scope = query
     if params.after is not None:
-        cursor = await _cursor(session, model, params.after, "after")
+        cursor = await _cursor(session, model, scope, params.after, "after")
         query = query.where(key < cursor if descending else key > cursor)
     if params.before is not None:
-        cursor = await _cursor(session, model, params.before, "before")
+        cursor = await _cursor(session, model, scope, params.before, "before")
         query = query.where(key > cursor if descending else key < cursor)
     ascending = descending if backwards else not descending
     if ascending:
@@ -64,10 +65,13 @@ async def paginate(
     return rows, has_more
 
 
-async def _cursor(session: AsyncSession, model: Any, object_id: str, param: str) -> Any:
-    row = (
-        await session.execute(select(model.created_at, model.seq).where(model.id == object_id))
-    ).first()
+async def _cursor(
+    session: AsyncSession, model: Any, query: Select[Any], object_id: str, param: str
+) -> Any:
+    # Looked up within the list's own query, so an object outside it (another thread's
+    # message, another run's step) is no cursor here, exactly like an unknown id.
+    position = query.with_only_columns(model.created_at, model.seq).where(model.id == object_id)
+    row = (await session.execute(position)).first()
     if row is None:
         raise bad_request(f"Invalid '{param}': no object found with id '{object_id}'.", param)
     return tuple_(row[0], row[1])

@@ -65,5 +65,5 @@ async def retrieve_file_content(
     return StreamingResponse(
         body,
         media_type=row.content_type or "application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{row.filename}"'},
+        headers={"Content-Disposition": service.content_disposition(row.filename)},
     )

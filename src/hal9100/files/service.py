@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from fastapi import UploadFile
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,6 +32,49 @@ def to_object(row: File) -> FileObject:
         status=row.status,
         status_details=row.status_details,
     )
+
+
+# The name stored when an upload's own cleans down to nothing.
+DEFAULT_FILENAME = "upload"
+# What most file systems allow for one name, counted in UTF-8 bytes, so a downloaded file can
+# be saved under the name it was stored with.
+MAX_FILENAME_BYTES = 255
+# A longer suffix is not an extension worth keeping when a name is cut.
+_MAX_EXTENSION_CHARS = 16
+
+
+def clean_filename(name: str | None) -> str:
+    """The name an upload is stored and answered under: its last path component (clients
+    send whole paths, with either separator), without control characters (C0, DEL, C1) or
+    lone surrogates, cut to MAX_FILENAME_BYTES with its extension kept; DEFAULT_FILENAME
+    when nothing is left."""
+    kept = "".join(ch for ch in name or "" if unicodedata.category(ch) not in ("Cc", "Cs"))
+    base = re.split(r"[/\\]", kept)[-1].strip()
+    if base in ("", ".", ".."):
+        return DEFAULT_FILENAME
+    if len(base.encode()) <= MAX_FILENAME_BYTES:
+        return base
+    stem, dot, extension = base.rpartition(".")
+    if not stem.strip() or len(extension) > _MAX_EXTENSION_CHARS:
+        stem, dot, extension = base, "", ""
+    budget = MAX_FILENAME_BYTES - len(f"{dot}{extension}".encode())
+    # Cut on a byte count, dropping a character split in two by the cut.
+    return stem.encode()[:budget].decode(errors="ignore") + dot + extension
+
+
+def content_disposition(filename: str) -> str:
+    """An `attachment` header naming the file both ways RFC 6266 allows: `filename*` (RFC
+    5987: UTF-8, percent-encoded) for clients that read it, and a plain ASCII `filename` for
+    those that do not, with nothing in it that a client could unescape, decode or split on."""
+    # Rows stored before upload names were cleaned are cleaned here, so no name can break
+    # the header.
+    name = clean_filename(filename)
+    fallback = "".join(
+        ch if " " <= ch <= "~" and ch not in '"\\%;' else "_"
+        for ch in unicodedata.normalize("NFKD", name)
+        if not unicodedata.combining(ch)
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 EXPIRES_MIN_SECONDS = 3600
@@ -65,7 +111,14 @@ async def _chunks(upload: UploadFile, limit: int) -> AsyncIterator[bytes]:
     while chunk := await upload.read(CHUNK_SIZE):
         total += len(chunk)
         if total > limit:
-            raise bad_request(f"File is larger than the limit of {limit} bytes.", "file")
+            # The same answer as the request-size guard's, which lets the multipart framing
+            # through: the file part itself is counted here.
+            raise APIError(
+                413,
+                f"The upload is larger than the limit of {limit} bytes (HAL9100_MAX_UPLOAD_BYTES).",
+                param="file",
+                code="request_too_large",
+            )
         yield chunk
 
 
@@ -90,7 +143,7 @@ async def create(
     row = File(
         id=file_id,
         created_at=created,
-        filename=upload.filename or "upload",
+        filename=clean_filename(upload.filename),
         purpose=purpose,
         bytes=size,
         status="processed",
@@ -133,6 +186,9 @@ async def open_content(
     session: AsyncSession, storage: ObjectStorage, file_id: str
 ) -> tuple[File, AsyncIterator[bytes]]:
     row = await FileRepository(session).get_or_404(file_id)
+    # End the read transaction before storage is asked: no database connection waits on
+    # object storage (which may itself wait for a free connection of its own).
+    await session.commit()
     stream = storage.get(row.storage_key)
     # Pull the first chunk now so a missing object is a clean error, not a broken stream.
     iterator = aiter(stream)

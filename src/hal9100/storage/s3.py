@@ -18,6 +18,10 @@ from hal9100.storage.base import CHUNK_SIZE
 
 # S3 wants every part but the last to be at least 5 MiB.
 PART_SIZE = 8 * 1024 * 1024
+# A download holds one connection for as long as its client takes to read it, so this bounds
+# the downloads one process serves at once; botocore's default of 10 let ten slow clients
+# hold up every other download and upload.
+MAX_CONNECTIONS = 128
 
 
 class S3Storage:
@@ -47,7 +51,11 @@ class S3Storage:
                     "s3",
                     endpoint_url=self._endpoint,
                     # MinIO and most self-hosted stores want path-style addressing.
-                    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+                    config=Config(
+                        s3={"addressing_style": "path"},
+                        retries={"max_attempts": 3},
+                        max_pool_connections=MAX_CONNECTIONS,
+                    ),
                 )
             )
             await self._ensure_bucket(self._client)
@@ -61,6 +69,10 @@ class S3Storage:
                 raise
             with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
                 await client.create_bucket(Bucket=self.bucket)
+
+    async def ping(self) -> None:
+        client = await self._s3()
+        await client.head_bucket(Bucket=self.bucket)
 
     async def put(self, key: str, chunks: AsyncIterator[bytes]) -> int:
         client = await self._s3()
