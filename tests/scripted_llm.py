@@ -1,4 +1,4 @@
-"""A deterministic LLM server for tests and benchmarks, speaking both the OpenAI
+r"""A deterministic LLM server for tests and benchmarks, speaking both the OpenAI
 chat-completions protocol (`POST /v1/chat/completions`) and Anthropic's Messages protocol
 (`POST /v1/messages`), streaming (SSE) or not.
 
@@ -19,6 +19,13 @@ Replies
   [[reply@N:TEXT]]          Answer TEXT in round N only. In a round that also calls tools,
                             TEXT is streamed before the tool calls.
   [[tokens:N]]              Answer "token1 token2 ... tokenN" (N chunks).
+  [[chunks:JSON ]]          Answer exactly these chunks, a JSON array of strings (so JSON
+                            escapes reach the client as sent: a lone surrogate "\ud800", NUL
+                            "\u0000", or an emoji cut in two: ["a\ud83d", "\ude00b"]). Leave a
+                            space before the closing "]]" (the array ends in "]").
+  [[escapes]]               Decode \uXXXX escapes in the reply TEXT and in tool-call names and
+                            arguments before sending, so the model can send lone surrogates
+                            and NUL anywhere (they go out as JSON escapes).
 
 Tool calls
   [[call:NAME {json}]]      Call NAME with these arguments (sent verbatim, even if invalid
@@ -35,6 +42,10 @@ Quirks of real servers (OpenAI protocol unless noted), as [[quirk:a,b]] or repea
   repeat_id                 The id (and type) is repeated in every fragment.
   no_index                  Tool-call fragments carry no index.
   legacy_function_call      delta.function_call (first call only), finish "function_call".
+  dup_function_call         Every tool-call fragment also sent as delta.function_call in the
+                            same chunk (llama-cpp-python's chatml-function-calling).
+  ignore_stream             (Both protocols) answer the complete, non-streamed object
+                            (chat.completion / message JSON) even when asked to stream.
   no_usage                  No usage chunk even when stream_options.include_usage is set.
   no_finish                 finish_reason is never sent.
   reject_stream_options     Answer 400 "Unknown parameter: stream_options" when the request
@@ -52,6 +63,10 @@ Failures and timing
   [[stream_error]]          Stream a few chunks, then an in-stream error event
                             (OpenAI: data {"error": {... "code": 500}}; Anthropic:
                             event: error, overloaded_error).
+  [[garbage:KIND]]          Answer HTTP 200 with something that is no completion, as a proxy
+                            or a misconfigured server does. KIND: html (an HTML error page,
+                            text/html), json (a JSON object that is no completion), sse (an
+                            event stream of JSON objects that are no chunks). Both protocols.
   [[slow:MS]]               Wait MS milliseconds between chunks.
   [[latency:MS]]            Wait MS milliseconds before answering (plus `ScriptedLLM(latency=)`).
 
@@ -90,7 +105,14 @@ from typing import Any
 DIRECTIVE = re.compile(r"\[\[(.*?)\]\]", re.S)
 _DIRECTIVE_NAME = re.compile(r"^\s*([a-z_]+)\s*(?:@\s*(\d+))?\s*$")
 _CHUNK = re.compile(r"\s*\S+")
+_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 _ANTHROPIC_JSON_INSTRUCTION = "Respond with a single valid JSON object"
+# What a reverse proxy answers when the model server behind it is down.
+GARBAGE_HTML = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
 
 
 # --------------------------------------------------------------------------- the script
@@ -103,6 +125,9 @@ class Script:
     calls_at: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
     rounds: int = 1
     tokens: int | None = None
+    chunks: list[str] | None = None
+    escapes: bool = False
+    garbage: str | None = None
     quirks: set[str] = field(default_factory=set)
     fail: int | None = None
     fail_times: tuple[int, int] | None = None
@@ -146,6 +171,15 @@ def parse_script(text: str) -> Script:
             script.rounds = _int(value, 1)
         elif name == "tokens":
             script.tokens = _int(value, 0)
+        elif name == "chunks":
+            with contextlib.suppress(ValueError):
+                chunks = json.loads(value)
+                if isinstance(chunks, list) and all(isinstance(c, str) for c in chunks):
+                    script.chunks = chunks
+        elif name == "escapes":
+            script.escapes = True
+        elif name == "garbage":
+            script.garbage = value or "html"
         elif name == "quirk":
             script.quirks.update(q.strip() for q in value.split(",") if q.strip())
         elif name == "fail":
@@ -164,6 +198,11 @@ def parse_script(text: str) -> Script:
         elif name == "latency":
             script.latency = _int(value, 0) / 1000
     return script
+
+
+def unescape(text: str) -> str:
+    """Decode \\uXXXX escapes, lone surrogates and NUL included."""
+    return _ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), text)
 
 
 def strip_directives(text: str) -> str:
@@ -338,6 +377,20 @@ class Reply:
 
 def plan_reply(script: Script, conv: Conversation) -> Reply:
     calls = script.calls_for(conv.round)
+    if script.escapes:
+        calls = [(unescape(name), unescape(arguments)) for name, arguments in calls]
+    if script.chunks is not None and not calls:
+        chunks = list(script.chunks)
+    else:
+        chunks = _CHUNK.findall(_reply_text(script, conv, calls) or "")
+    truncated = False
+    if conv.max_tokens is not None and len(chunks) > conv.max_tokens:
+        chunks = chunks[: max(conv.max_tokens, 0)]
+        truncated = True
+    return Reply(chunks=chunks, calls=calls, truncated=truncated)
+
+
+def _reply_text(script: Script, conv: Conversation, calls: list[tuple[str, str]]) -> str | None:
     text: str | None
     if calls:
         text = script.replies_at.get(conv.round)
@@ -354,12 +407,7 @@ def plan_reply(script: Script, conv: Conversation) -> Reply:
             text = "Echo: " + (strip_directives(conv.last_user_text) or "(no text)")
         if conv.json_mode:
             text = json.dumps({"echo": text})
-    chunks = _CHUNK.findall(text or "")
-    truncated = False
-    if conv.max_tokens is not None and len(chunks) > conv.max_tokens:
-        chunks = chunks[: max(conv.max_tokens, 0)]
-        truncated = True
-    return Reply(chunks=chunks, calls=calls, truncated=truncated)
+    return unescape(text) if script.escapes and text else text
 
 
 def split_arguments(arguments: str) -> list[str]:
@@ -449,7 +497,10 @@ class OpenAIRenderer:
                     out["id"] = call_id
                     out["type"] = "function"
                 out["function"] = function
-                return {"tool_calls": [out]}
+                delta: dict[str, Any] = {"tool_calls": [out]}
+                if "dup_function_call" in quirks:
+                    delta["function_call"] = function
+                return delta
 
             # Like OpenAI: the name comes alone, the arguments in later fragments.
             events.append(self._chunk(fragment({"name": name, "arguments": ""}, first=True)))
@@ -837,8 +888,11 @@ class _Connection:
         if status is not None:
             await self._json(status, renderer_type.error_body(status, message))
             return True
+        if script.garbage is not None:
+            await self._garbage(script.garbage)
+            return True
         renderer = renderer_type(conv, script, plan_reply(script, conv), owner._next_serial())
-        if conv.stream:
+        if conv.stream and "ignore_stream" not in script.quirks:
             await self._stream(renderer, script)
         else:
             await self._complete(renderer, script)
@@ -881,6 +935,20 @@ class _Connection:
             await self.writer.drain()
             raise _Dropped
         await self._json(200, renderer.completion())
+
+    async def _garbage(self, kind: str) -> None:
+        if kind == "json":
+            await self._json(200, {"status": "ok", "detail": "scripted garbage, no completion"})
+            return
+        if kind == "sse":
+            payload = _sse({"scripted": "garbage"}) * 2 + _sse("[DONE]")
+            content_type = "text/event-stream; charset=utf-8"
+        else:
+            payload = GARBAGE_HTML
+            content_type = "text/html"
+        self._head(200, {"Content-Type": content_type, "Content-Length": str(len(payload))})
+        self.writer.write(payload)
+        await self.writer.drain()
 
     def _head(self, status: int, headers: dict[str, str]) -> None:
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]

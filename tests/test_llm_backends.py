@@ -281,6 +281,44 @@ async def test_openai_legacy_function_call(openai_backend: OpenAICompatBackend) 
     assert out.finish == "tool_calls"
 
 
+async def test_openai_fragments_also_sent_as_function_call_count_once(
+    openai_backend: OpenAICompatBackend,
+) -> None:
+    """llama-cpp-python repeats each tool-call fragment in `function_call`, same chunk."""
+    text = '[[quirk:dup_function_call]] [[call:get_weather {"city": "Oslo"}]] [[call:get_time]]'
+    out = await collect(openai_backend, ask(text, tools=TOOLS))
+    assert out.calls == [(0, "get_weather", '{"city": "Oslo"}'), (1, "get_time", "{}")]
+    assert out.finish == "tool_calls"
+
+
+async def test_openai_whole_completion_answered_to_a_stream(
+    openai_backend: OpenAICompatBackend,
+) -> None:
+    out = await collect(openai_backend, ask("[[quirk:ignore_stream]] whole answer"))
+    assert out.text == "Echo: whole answer"
+    assert out.usage == Usage(prompt_tokens=3, completion_tokens=3)
+    assert out.finish == "stop"
+    text = '[[quirk:ignore_stream]] [[call:get_weather {"city": "Oslo"}]] [[call:get_time]]'
+    out = await collect(openai_backend, ask(text, tools=TOOLS))
+    assert out.calls == [(0, "get_weather", '{"city": "Oslo"}'), (1, "get_time", "{}")]
+    assert out.finish == "tool_calls"
+
+
+@pytest.mark.parametrize("kind", ["html", "json", "sse"])
+async def test_an_answer_that_is_no_completion_is_a_server_error(
+    backend: LLMBackend, kind: str
+) -> None:
+    with pytest.raises(LLMError) as caught:
+        await collect(backend, ask(f"[[garbage:{kind}]]"))
+    assert caught.value.kind == "server" and caught.value.retryable
+    message = caught.value.message
+    assert "HTTP 200" in message and len(message) < 400, message
+    if kind == "html":
+        assert "502 Bad Gateway" in message
+    elif kind == "json" or isinstance(backend, OpenAICompatBackend):
+        assert "scripted garbage" in message or '"scripted": "garbage"' in message, message
+
+
 async def test_openai_no_usage_and_no_finish(openai_backend: OpenAICompatBackend) -> None:
     out = await collect(openai_backend, ask("[[quirk:no_usage,no_finish]] quiet"))
     assert out.usage is None
@@ -728,8 +766,10 @@ async def test_router_without_default_url() -> None:
     router = _router(default_url=None, anthropic_api_key=None)
     with pytest.raises(LLMError) as caught:
         router.resolve("llama3")
-    assert caught.value.kind == "invalid_request"
+    assert caught.value.kind == "config"
+    assert not caught.value.retryable
     assert "MODEL_URL" in caught.value.message
+    assert "HAL9100_MODEL_ROUTES" in caught.value.message
     await router.aclose()
 
 

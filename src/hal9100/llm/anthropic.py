@@ -29,7 +29,14 @@ from anthropic.types import (
     TextDelta as AnthropicTextDelta,
 )
 
-from hal9100.llm._common import TRANSPORT_ERRORS, body_message, status_error, transport_error
+from hal9100.llm._common import (
+    TRANSPORT_ERRORS,
+    body_message,
+    garbage_error,
+    status_error,
+    token_count,
+    transport_error,
+)
 from hal9100.llm.base import (
     ChatMessage,
     ChatRequest,
@@ -68,6 +75,9 @@ _ERROR_TYPES = {
     "not_found_error": "invalid_request",
     "request_too_large": "invalid_request",
 }
+
+# How much of a body that is no event stream is read, to quote it.
+_MAX_QUOTED = 4096
 
 _DATA_URL = re.compile(r"^data:(?P<media>[\w.+-]+/[\w.+-]+)?(?:;[^,]*)?;base64,(?P<data>.*)$", re.S)
 _TOOL_ID_INVALID = re.compile(r"[^a-zA-Z0-9_-]")
@@ -121,15 +131,17 @@ class AnthropicBackend:
         input_tokens = 0
         output_tokens = 0
         saw_usage = False
+        started = False
         stop_reason: str | None = None
         try:
             async for event in events:
                 if isinstance(event, RawMessageStartEvent):
+                    started = True
                     usage = event.message.usage
                     if usage is not None:
                         saw_usage = True
                         input_tokens = _input_tokens(usage)
-                        output_tokens = usage.output_tokens or 0
+                        output_tokens = token_count(usage.output_tokens)
                 elif isinstance(event, RawContentBlockStartEvent):
                     block = event.content_block
                     if isinstance(block, ToolUseBlock):
@@ -157,7 +169,7 @@ class AnthropicBackend:
                     if usage_delta is not None:
                         saw_usage = True
                         # Cumulative counts; input counts appear here only on newer APIs.
-                        output_tokens = usage_delta.output_tokens or output_tokens
+                        output_tokens = token_count(usage_delta.output_tokens) or output_tokens
                         if usage_delta.input_tokens is not None:
                             input_tokens = _input_tokens(usage_delta)
         except Exception as exc:
@@ -167,6 +179,15 @@ class AnthropicBackend:
             raise mapped from exc
         finally:
             await events.close()
+        if not started:
+            # Every Messages stream opens with message_start; the SDK skips events it does
+            # not know, so another server's stream reads as an empty one.
+            raise LLMError(
+                "server",
+                f"{self._label} answered HTTP {events.response.status_code} with an event "
+                "stream that holds no message (no message_start event)",
+                status=events.response.status_code,
+            )
 
         if saw_usage:
             yield Usage(prompt_tokens=input_tokens, completion_tokens=output_tokens)
@@ -183,7 +204,6 @@ class AnthropicBackend:
             events: anthropic.AsyncStream[Any] = await self._client.messages.create(
                 **params, stream=True
             )
-            return events
         except anthropic.BadRequestError as exc:
             if "extra_body" in params and _rejects_sampling(exc):
                 # Remembered per model, so later runs skip the failing attempt.
@@ -195,6 +215,28 @@ class AnthropicBackend:
             if mapped is None:
                 raise
             raise mapped from exc
+        response = events.response
+        content_type = response.headers.get("content-type", "")
+        if "html" in content_type or "json" in content_type:
+            # A proxy's error page, or a whole message from a server that ignored `stream`:
+            # the SDK would read either as an empty stream. (Other types are left to the
+            # message_start check: proxies label event streams loosely.)
+            head = b""
+            try:
+                async for part in response.aiter_bytes():
+                    head += part
+                    if len(head) >= _MAX_QUOTED:
+                        break
+            except Exception as exc:
+                mapped = self._map_error(exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+            finally:
+                await response.aclose()
+            body = head[:_MAX_QUOTED].decode("utf-8", "replace")
+            raise garbage_error(self._label, response.status_code, "no event stream", body)
+        return events
 
     def _map_error(self, exc: BaseException) -> LLMError | None:
         if isinstance(exc, anthropic.APIStatusError):
@@ -422,9 +464,9 @@ def _text(content: str | list[ContentPart]) -> str:
 def _input_tokens(usage: Any) -> int:
     # With prompt caching, `input_tokens` counts only the uncached part of the prompt.
     return (
-        (getattr(usage, "input_tokens", None) or 0)
-        + (getattr(usage, "cache_creation_input_tokens", None) or 0)
-        + (getattr(usage, "cache_read_input_tokens", None) or 0)
+        token_count(getattr(usage, "input_tokens", None))
+        + token_count(getattr(usage, "cache_creation_input_tokens", None))
+        + token_count(getattr(usage, "cache_read_input_tokens", None))
     )
 
 

@@ -125,7 +125,8 @@ class LLMError(Exception):
     """A backend failure, classified so the executor can retry or fail the run as OpenAI does.
 
     kind: "rate_limit" (HTTP 429), "server" (5xx, timeout, broken connection: retryable),
-    "invalid_request" (4xx other than 429: not retryable), "auth" (401/403: not retryable).
+    "invalid_request" (4xx other than 429: not retryable), "auth" (401/403: not retryable),
+    "config" (no backend is configured for the model: not retryable).
     `message` says what the backend answered, for the run's `last_error.message`.
     """
 

@@ -5,7 +5,10 @@ Open servers differ from OpenAI in how they stream tool calls, usage and finish 
 real servers: tool-call fragments without `index`, ids repeated in every fragment, ids
 missing, parallel calls sharing one id or one index, the legacy `delta.function_call`, no
 usage chunk, usage-only chunks with empty `choices`, finish reasons that are missing,
-nonstandard (`eos`) or `function_call`, and `stop` reported after tool calls.
+nonstandard (`eos`) or `function_call`, `stop` reported after tool calls, each fragment sent
+twice (in `tool_calls` and `function_call`, llama-cpp-python), and a complete
+`chat.completion` answered to a streamed request. A 200 answer that is no completion at all
+(a proxy's HTML error page) is a retryable server error quoting what came back.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx2
 import openai
@@ -22,8 +25,10 @@ from openai import AsyncOpenAI
 from hal9100.llm._common import (
     TRANSPORT_ERRORS,
     body_message,
+    garbage_error,
     kind_for_status,
     status_error,
+    token_count,
     transport_error,
 )
 from hal9100.llm.base import (
@@ -48,6 +53,11 @@ _CHAT_COMPLETIONS_SUFFIX = "/chat/completions"
 # not let the SDK fall back to OPENAI_API_KEY: that would leak an OpenAI key to a third-party
 # server configured without one.
 _NO_KEY = "not-needed"
+
+# Event-stream lines other than `data:`; any other line is part of a body that is no stream.
+_SSE_FIELDS = ("event:", "id:", "retry:", ":")
+# The most of such a body kept, to read a complete `chat.completion` from it.
+_MAX_WHOLE_BODY = 16 * 1024 * 1024
 
 _FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop",
@@ -107,10 +117,13 @@ class OpenAICompatBackend:
                 if chunk_usage is not None:
                     # Some servers send running totals on every chunk: the last one wins.
                     usage = Usage(
-                        prompt_tokens=getattr(chunk_usage, "prompt_tokens", None) or 0,
-                        completion_tokens=getattr(chunk_usage, "completion_tokens", None) or 0,
+                        prompt_tokens=token_count(getattr(chunk_usage, "prompt_tokens", None)),
+                        completion_tokens=token_count(
+                            getattr(chunk_usage, "completion_tokens", None)
+                        ),
                     )
-                for choice in getattr(chunk, "choices", None) or ():
+                choices = getattr(chunk, "choices", None)
+                for choice in choices if isinstance(choices, list) else ():
                     if (getattr(choice, "index", 0) or 0) != 0:
                         continue  # n > 1 is never requested; ignore stray choices.
                     delta = getattr(choice, "delta", None)
@@ -147,7 +160,7 @@ class OpenAICompatBackend:
                     body={**body, **extra, "stream": True},
                     stream=True,
                 )
-                return _ChunkStream(response)
+                return _ChunkStream(response, self._label)
             except openai.APIStatusError as exc:
                 if self._send_stream_options and _rejects_stream_options(exc):
                     self._send_stream_options = False
@@ -184,8 +197,6 @@ class OpenAICompatBackend:
             return LLMError("server", f"{self._label} reported an error mid-stream: {detail}")
         if isinstance(exc, TRANSPORT_ERRORS):
             return transport_error(self._label, exc)
-        if isinstance(exc, json.JSONDecodeError):
-            return LLMError("server", f"{self._label} sent a malformed stream chunk: {exc}")
         if isinstance(exc, openai.OpenAIError):
             return LLMError("invalid_request", f"{self._label}: {exc}")
         return None
@@ -202,29 +213,67 @@ class _ChunkStream:
     namespaces instead, which the delta handling reads attribute by attribute either way.
     """
 
-    def __init__(self, response: httpx2.Response) -> None:
+    def __init__(self, response: httpx2.Response, label: str) -> None:
         self._response = response
+        self._label = label
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[Any]:
+        chunks = 0
+        # What was no chunk: a body that is no event stream, or data no chat-completions
+        # server sends. Kept to read a whole `chat.completion` from, or to quote.
+        other: list[str] = []
+        kept = 0
         async for line in self._response.aiter_lines():
             if not line.startswith("data:"):
-                continue  # blank separators, `event:`/`id:` lines, `: keep-alive` comments
+                # Blank separators, `event:`/`id:` lines and `: keep-alive` comments aside.
+                if line and not line.startswith(_SSE_FIELDS) and kept < _MAX_WHOLE_BODY:
+                    other.append(line)
+                    kept += len(line)
+                continue
             data = line[5:].strip()
             if data == "[DONE]":
-                return
+                break
             if not data:
                 continue
-            chunk = json.loads(data, object_hook=_namespace)
+            try:
+                chunk = json.loads(data, object_hook=_namespace)
+            except ValueError:
+                raise self._garbage("a malformed stream chunk", data) from None
             error = getattr(chunk, "error", None)
             if error is not None:
                 # vLLM and llama.cpp report a failure mid-generation this way.
-                raw = json.loads(data)["error"]
-                message = raw.get("message") if isinstance(raw, dict) else str(raw)
-                raise openai.APIError(message or data, self._response.request, body=raw)
+                self._raise_error(json.loads(data)["error"], data)
+            if not _is_chunk(chunk):
+                other.append(data)
+                continue
+            chunks += 1
             yield chunk
+        if not chunks:
+            yield self._whole_body("\n".join(other))
+
+    def _whole_body(self, text: str) -> SimpleNamespace:
+        """The answer of a server that ignored `stream: true`, as one chunk."""
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            if body.get("error") is not None:
+                self._raise_error(body["error"], text)
+            chunk = _completion_as_chunk(body)
+            if chunk is not None:
+                return chunk
+        raise self._garbage("no chat-completions stream", text)
+
+    def _raise_error(self, raw: Any, data: str) -> NoReturn:
+        message = raw.get("message") if isinstance(raw, dict) else str(raw)
+        raise openai.APIError(message or data, self._response.request, body=raw)
+
+    def _garbage(self, what: str, body: str) -> LLMError:
+        return garbage_error(self._label, self._response.status_code, what, body)
 
     async def close(self) -> None:
         await self._response.aclose()
@@ -232,6 +281,45 @@ class _ChunkStream:
 
 def _namespace(fields: dict[str, Any]) -> SimpleNamespace:
     return SimpleNamespace(**fields)
+
+
+def _is_chunk(chunk: object) -> bool:
+    return isinstance(chunk, SimpleNamespace) and (
+        isinstance(getattr(chunk, "choices", None), list)
+        or getattr(chunk, "usage", None) is not None
+    )
+
+
+def _completion_as_chunk(body: dict[str, Any]) -> SimpleNamespace | None:
+    """A `chat.completion` object as the one chunk that streams the same answer."""
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return None
+    streamed: list[dict[str, Any]] = []
+    for choice in choices:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            return None
+        delta = {key: message.get(key) for key in ("content", "refusal", "function_call")}
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            # Whole calls carry no `index`; their order is their position.
+            delta["tool_calls"] = [
+                {**call, "index": index} if isinstance(call, dict) else call
+                for index, call in enumerate(calls)
+            ]
+        streamed.append(
+            {
+                "index": choice.get("index", 0),
+                "delta": delta,
+                "finish_reason": choice.get("finish_reason"),
+            }
+        )
+    chunk = json.loads(
+        json.dumps({"choices": streamed, "usage": body.get("usage")}), object_hook=_namespace
+    )
+    assert isinstance(chunk, SimpleNamespace)
+    return chunk
 
 
 def build_request_body(request: ChatRequest) -> dict[str, Any]:
@@ -338,23 +426,29 @@ def _delta_events(delta: Any, assembler: _ToolCallAssembler) -> list[LLMEvent]:
     refusal = getattr(delta, "refusal", None)
     if isinstance(refusal, str) and refusal:
         events.append(TextDelta(refusal))
-    for call in getattr(delta, "tool_calls", None) or ():
-        function = getattr(call, "function", None)
-        event = assembler.fragment(
-            server_index=_int_or_none(getattr(call, "index", None)),
-            call_id=getattr(call, "id", None) or None,
-            name=getattr(function, "name", None) or None,
-            arguments=getattr(function, "arguments", None) or "",
-        )
-        events.append(event)
+    calls = getattr(delta, "tool_calls", None)
+    if isinstance(calls, list) and calls:
+        for call in calls:
+            function = getattr(call, "function", None)
+            events.append(
+                assembler.fragment(
+                    server_index=_int_or_none(getattr(call, "index", None)),
+                    call_id=_text_or_none(getattr(call, "id", None)),
+                    name=_text_or_none(getattr(function, "name", None)),
+                    arguments=_text_or_none(getattr(function, "arguments", None)) or "",
+                )
+            )
+        # llama-cpp-python repeats each fragment in the legacy `function_call` of the same
+        # chunk: a chunk with both counts once.
+        return events
     legacy = getattr(delta, "function_call", None)
     if legacy is not None:
         events.append(
             assembler.fragment(
                 server_index=0,
                 call_id=None,
-                name=getattr(legacy, "name", None) or None,
-                arguments=getattr(legacy, "arguments", None) or "",
+                name=_text_or_none(getattr(legacy, "name", None)),
+                arguments=_text_or_none(getattr(legacy, "arguments", None)) or "",
             )
         )
     return events
@@ -449,6 +543,10 @@ def _rejects_stream_options(exc: openai.APIStatusError) -> bool:
         return False
     detail = body_message(exc.body) or exc.message
     return "stream_options" in detail
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _int_or_none(value: object) -> int | None:

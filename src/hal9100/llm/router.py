@@ -11,9 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from hal9100.llm.anthropic import AnthropicBackend
 from hal9100.llm.base import LLMBackend, LLMError
-from hal9100.llm.openai_compat import OpenAICompatBackend, normalize_base_url
 
 BackendKind = Literal["openai", "anthropic"]
 
@@ -74,12 +72,19 @@ class ModelRouter:
         self.default_context_window = default_context_window
         self.timeout = timeout
         self._backends: dict[tuple[BackendKind, str | None, str | None], LLMBackend] = {}
+        # The configured defaults are made now, importing their SDK at start-up rather than
+        # in the middle of the first run (a blocking import of about half a second); an SDK
+        # nothing is configured for is never imported.
+        if self.default_url is not None:
+            self._openai(self.default_url, self.default_api_key)
+        if self.anthropic_api_key is not None:
+            self._anthropic(self.anthropic_base_url, self.anthropic_api_key)
 
     def resolve(self, model: str) -> ResolvedModel:
         """The backend for `model`: the first matching route, else Claude models to Anthropic
         (when Anthropic is configured), else the OpenAI-compatible default server.
 
-        Raises `LLMError("invalid_request")` when no backend can serve the model.
+        Raises `LLMError("config")` when no backend can serve the model.
         """
         for route in self.routes:
             if route.matches(model):
@@ -93,7 +98,7 @@ class ModelRouter:
                     url = route.url or self.default_url
                     if url is None:
                         raise LLMError(
-                            "invalid_request",
+                            "config",
                             f"the route {route.match!r} for model {model} has no url and "
                             "MODEL_URL is not set",
                         )
@@ -105,12 +110,10 @@ class ModelRouter:
             backend = self._anthropic(self.anthropic_base_url, self.anthropic_api_key)
             return ResolvedModel(backend, window, "anthropic")
         if self.default_url is None:
-            hint = (
-                "set ANTHROPIC_API_KEY for Claude models, or MODEL_URL"
-                if model.startswith("claude-")
-                else "set MODEL_URL"
-            )
-            raise LLMError("invalid_request", f"no backend configured for model {model}; {hint}")
+            hint = "MODEL_URL (an OpenAI-compatible server), or route it in HAL9100_MODEL_ROUTES"
+            if model.startswith("claude-"):
+                hint = f"ANTHROPIC_API_KEY, {hint}"
+            raise LLMError("config", f"no model backend configured for model {model}: set {hint}")
         return ResolvedModel(self._openai(self.default_url, self.default_api_key), window, "openai")
 
     async def aclose(self) -> None:
@@ -126,6 +129,10 @@ class ModelRouter:
         return self.default_context_window
 
     def _openai(self, url: str, api_key: str | None) -> LLMBackend:
+        # Each SDK is imported when a model first needs it: together they took seconds of
+        # every start-up, whichever backends were configured.
+        from hal9100.llm.openai_compat import OpenAICompatBackend, normalize_base_url
+
         key: tuple[BackendKind, str | None, str | None] = (
             "openai",
             normalize_base_url(url),
@@ -138,6 +145,8 @@ class ModelRouter:
         return backend
 
     def _anthropic(self, url: str | None, api_key: str | None) -> LLMBackend:
+        from hal9100.llm.anthropic import AnthropicBackend
+
         normalized = url.rstrip("/") if url else None
         key: tuple[BackendKind, str | None, str | None] = ("anthropic", normalized, api_key)
         backend = self._backends.get(key)

@@ -24,6 +24,7 @@ from sqlalchemy import delete, func, or_, select, update
 from hal9100.config import Settings
 from hal9100.core import ids
 from hal9100.core.clock import now
+from hal9100.core.text import StorableStream, storable
 from hal9100.db.engine import SessionMaker
 from hal9100.db.models import File, Message, Run, RunStep
 from hal9100.events.base import EventBus, RunEvent
@@ -65,6 +66,9 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 # The first token's events leave before its message row is written: an embedded SQLite write
 # runs on the event loop, and would otherwise go first and hold up the stream.
 FIRST_WRITE_DELAY = 0.002
+# Executions of one run that may end in an unexpected error in a row (a bug, a storage
+# outage) before the run fails instead of being dispatched, and its model called, again.
+MAX_FAILED_EXECUTIONS = 3
 
 
 class LeaseLost(Exception):
@@ -218,6 +222,9 @@ class RunExecutor:
             await job.drive(run, started)
         except LeaseLost:
             log.warning("run %s: lease lost, leaving it to its new owner", run_id)
+        except Exception as exc:
+            log.exception("run %s: execution failed", run_id)
+            await job.crashed(exc)
         finally:
             await job._settle()
             lease.cancel()
@@ -340,10 +347,7 @@ class _Job:
             )
             images = await self._images(session, image_file_ids(messages))
 
-        try:
-            resolved = self.x.router.resolve(run.model)
-        except LLMError as exc:
-            raise LLMError("invalid_request", exc.message) from exc
+        resolved = self.x.router.resolve(run.model)
         used = run.usage or {"prompt_tokens": 0, "completion_tokens": 0}
         completion_left = None
         if run.max_completion_tokens is not None:
@@ -431,17 +435,36 @@ class _Job:
     async def _consume(
         self, run: Run, backend: LLMBackend, request: ChatRequest, turn: _Turn
     ) -> None:
+        # Every backend's output passes here, where it is made storable: what clients are
+        # streamed is what is stored.
+        text = StorableStream()
+        arguments: dict[int, StorableStream] = {}
         try:
             async for item in backend.stream(request):
                 if isinstance(item, TextDelta):
-                    if item.text:
-                        await self._on_text(run, turn, item.text)
+                    value = text.feed(item.text)
+                    if value:
+                        await self._on_text(run, turn, value)
                 elif isinstance(item, ToolCallDelta):
+                    # The text ends where the tool calls begin.
+                    if tail := text.flush():
+                        await self._on_text(run, turn, tail)
+                    fragments = arguments.get(item.index)
+                    if fragments is None:
+                        fragments = arguments[item.index] = StorableStream()
+                    item.arguments = fragments.feed(item.arguments)
+                    if item.name:
+                        item.name = storable(item.name)
                     await self._on_tool_delta(run, turn, item)
                 elif isinstance(item, Usage):
                     turn.usage = item
                 elif isinstance(item, Finish):
                     turn.finish = item.reason
+            if tail := text.flush():
+                await self._on_text(run, turn, tail)
+            for index, fragments in arguments.items():
+                if tail := fragments.flush():
+                    await self._on_tool_delta(run, turn, ToolCallDelta(index, arguments=tail))
         except LLMError:
             raise
         except (asyncio.CancelledError, LeaseLost):
@@ -617,7 +640,8 @@ class _Job:
         cut_short = turn.finish == "length" and completion_left is not None
         events: list[RunEvent] = []
         async with self.x.sessions() as session:
-            values: dict[str, Any] = {"usage": usage}
+            # A turn that ended as it should clears the count of failed executions.
+            values: dict[str, Any] = {"usage": usage, "failed_executions": 0}
             calls: list[dict[str, Any]] = [
                 {
                     "id": c.id,
@@ -743,8 +767,23 @@ class _Job:
         """End the run as cancelled, expired or failed, closing whatever it left open."""
         extra: dict[str, Any] = {}
         if last_error is not None:
+            # Error messages quote what servers sent.
+            last_error = {**last_error, "message": storable(last_error["message"])}
             extra["last_error"] = last_error
         await self._settle()
+        try:
+            await self._close(status, extra, last_error)
+        except Exception:
+            if self.turn is None:
+                raise
+            log.exception("run %s: storing its partial answer failed", self.run_id)
+            # What the turn streamed may be what cannot be written: end the run without it.
+            self.turn = None
+            await self._close(status, extra, last_error)
+
+    async def _close(
+        self, status: str, extra: dict[str, Any], last_error: dict[str, Any] | None
+    ) -> None:
         async with self.x.sessions() as session:
             updated = await transition(
                 session,
@@ -839,6 +878,30 @@ class _Job:
         code = {"rate_limit": "rate_limit_exceeded", "invalid_request": "invalid_prompt"}.get(
             exc.kind, "server_error"
         )
-        message = f"The model backend failed: {exc.message}"
+        if exc.kind == "config":
+            message = f"The server is misconfigured: {exc.message}."
+        else:
+            message = f"The model backend failed: {exc.message}"
         log.warning("run %s failed: %s", self.run_id, exc.message)
         await self._finish("failed", last_error={"code": code, "message": message})
+
+    async def crashed(self, exc: Exception) -> None:
+        """Count an execution that ended in an unexpected error; at the bound, fail the run
+        rather than leave it to be dispatched again. (A crash runs no code: never counted.)"""
+        async with self.x.sessions() as session:
+            failures = await session.scalar(
+                update(Run)
+                .where(Run.id == self.run_id, Run.epoch == self.epoch, Run.status.in_(RUNNABLE))
+                .values(failed_executions=Run.failed_executions + 1)
+                .returning(Run.failed_executions)
+            )
+            await session.commit()
+        if failures is None or failures < MAX_FAILED_EXECUTIONS:
+            return
+        detail = f"{type(exc).__name__}: {exc}"
+        last_error = {
+            "code": "server_error",
+            "message": f"The server failed to execute the run {failures} times in a row; "
+            f"the last time: {detail[:300]}",
+        }
+        await self._finish("failed", last_error=last_error)
