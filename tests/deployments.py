@@ -216,8 +216,10 @@ class Deployment:
             cleanup()  # type: ignore[operator]
 
 
-def start_embedded(env: dict[str, str], data_dir: Path) -> Deployment:
-    server = ServerProcess(env, data_dir)
+def start_embedded(
+    env: dict[str, str], data_dir: Path, args: list[str] | None = None
+) -> Deployment:
+    server = ServerProcess(env, data_dir, args)
     deployment = Deployment("embedded", [server], env=env)
     try:
         server.wait_ready()

@@ -8,17 +8,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
 
-from hal9100 import __version__
+from hal9100 import __version__, datadir
 from hal9100.assistants.endpoints import router as assistants_router
 from hal9100.config import Settings
 from hal9100.core.auth import APIKeyMiddleware
-from hal9100.core.errors import install_error_handlers
+from hal9100.core.errors import error_body, install_error_handlers
+from hal9100.core.guards import BodyLimitMiddleware, TextGuardMiddleware
 from hal9100.files.endpoints import router as files_router
 from hal9100.messages.endpoints import router as messages_router
 from hal9100.runs.endpoints import router as runs_router
 from hal9100.runs.worker import Worker
-from hal9100.runtime import build_runtime
+from hal9100.runtime import connect_runtime
 from hal9100.threads.endpoints import router as threads_router
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await build_runtime(settings)
+        # One of `hal9100 serve --workers N` joins the hold its parent took on the data
+        # directory (and the parent took the dead server's runs over before starting it).
+        datadir.claim(settings)
+        # `hal9100 serve` waited for the backends already; this covers other ASGI servers.
+        runtime = await connect_runtime(settings)
         app.state.runtime = runtime
         worker = Worker(runtime, settings.worker_concurrency) if settings.executes_runs else None
         if worker is not None:
@@ -60,6 +66,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/ready", include_in_schema=False)
+    @app.get("/v1/ready", include_in_schema=False)
+    async def ready() -> JSONResponse:
+        checks = await app.state.runtime.check()
+        down = [error for error in checks.values() if error]
+        if down:
+            body = error_body("Not ready: " + "; ".join(down), "server_error", None, "not_ready")
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ok", "checks": dict.fromkeys(checks, "ok")})
+
+    # The last added runs first: the size limit counts what the text guard reads.
+    app.add_middleware(TextGuardMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_request_bytes=settings.max_request_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        upload_paths=frozenset({files_router.prefix, f"/v1{files_router.prefix}"}),
+    )
     if settings.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
     return app

@@ -8,7 +8,27 @@ import logging
 import os
 import sys
 
+from pydantic import ValidationError
+
+from hal9100 import __version__, datadir
 from hal9100.config import Settings
+
+
+def _claim_data_dir(settings: Settings) -> bool:
+    try:
+        return datadir.claim(settings)
+    except datadir.DataDirInUse as error:
+        raise SystemExit(f"hal9100: {error}") from None
+
+
+def _wait_for_backends(settings: Settings) -> None:
+    from hal9100.runtime import BackendUnavailable, check_backends, log_startup
+
+    log_startup(settings)
+    try:
+        asyncio.run(check_backends(settings))
+    except BackendUnavailable as error:
+        raise SystemExit(f"hal9100: {error}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -20,10 +40,17 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["HAL9100_WITH_WORKER"] = "1"
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Held before anything touches the database; uvicorn's --workers inherit the hold.
+    claimed = _claim_data_dir(settings)
+    _wait_for_backends(settings)
     # Embedded mode owns its database, so it keeps it current; a production deployment
     # runs `hal9100 migrate` once instead of racing N processes at it.
     if not settings.database_url or args.migrate:
         upgrade(settings.sqlalchemy_url)
+    if claimed:
+        from hal9100.runs.worker import release_leases
+
+        asyncio.run(release_leases(settings.sqlalchemy_url))
     uvicorn.run(
         "hal9100.app:create_app",
         factory=True,
@@ -39,55 +66,100 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from hal9100.runs.worker import run_worker
+    from hal9100.runtime import BackendUnavailable, log_startup
 
     settings = Settings()
-    asyncio.run(run_worker(settings, args.concurrency or settings.worker_concurrency))
+    log_startup(settings)
+    try:
+        asyncio.run(run_worker(settings, args.concurrency or settings.worker_concurrency))
+    except BackendUnavailable as error:
+        raise SystemExit(f"hal9100: {error}") from None
     return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from alembic.util.exc import CommandError
+
     from hal9100.db.migrate import upgrade
 
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.sqlalchemy_url, args.revision)
+    # Not under a running embedded server: its processes would go on with the old schema.
+    _claim_data_dir(settings)
+    try:
+        upgrade(settings.sqlalchemy_url, args.revision)
+    except CommandError as error:
+        # A revision alembic cannot resolve is a usage error, not a crash.
+        args.parser.error(str(error))
     print(f"database at revision {args.revision}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hal9100", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the API server")
-    serve.add_argument("--host", default=os.environ.get("HAL9100_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("HAL9100_PORT", "3000")))
-    serve.add_argument("--workers", type=int, default=1, help="uvicorn processes")
+    serve.add_argument(
+        "--host",
+        default=os.environ.get("HAL9100_HOST", "127.0.0.1"),
+        help="address to listen on (default: %(default)s; HAL9100_HOST sets it)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("HAL9100_PORT", "3000")),
+        help="port to listen on (default: %(default)s; HAL9100_PORT sets it)",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=1, help="uvicorn processes (default: %(default)s)"
+    )
     serve.add_argument(
         "--migrate",
         action="store_true",
-        help="upgrade the database first (always in embedded mode)",
+        help="upgrade the database first; always done in embedded mode (default: off)",
     )
     serve.add_argument(
         "--with-worker",
         action="store_true",
-        help="also execute runs in the API processes (the default without REDIS_URL)",
+        help="also execute runs in the API processes (default: on without REDIS_URL, else off)",
     )
     serve.set_defaults(func=_serve)
 
     worker = sub.add_parser("worker", help="execute runs taken from Redis (production mode)")
-    worker.add_argument("--concurrency", type=int, default=None, help="runs at once")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="runs executed at once (default: HAL9100_WORKER_CONCURRENCY, else 64)",
+    )
     worker.set_defaults(func=_worker)
 
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
-    migrate.add_argument("revision", nargs="?", default="head")
-    migrate.set_defaults(func=_migrate)
+    migrate.add_argument(
+        "revision",
+        nargs="?",
+        default="head",
+        help="the alembic revision to upgrade to (default: %(default)s)",
+    )
+    migrate.set_defaults(func=_migrate, parser=migrate)
 
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    result: int = args.func(args)
+    # Alembic announces each of its plugins at INFO on every start.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    try:
+        result: int = args.func(args)
+    except ValidationError as error:
+        # A setting that does not parse: name it in one line, not a traceback.
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg'].removeprefix('Value error, ')}"
+            for item in error.errors()
+        )
+        parser.exit(2, f"hal9100: invalid configuration: {problems}\n")
     return result
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hal9100.llm.router import ModelRoute
 
@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(default=None, validation_alias="ANTHROPIC_BASE_URL")
     # JSON list of routes: [{"match": "claude-*", "backend": "anthropic"}, ...]
-    model_routes: list[ModelRoute] = Field(
+    # NoDecode: the validator below reads the variable, so an empty one means no routes.
+    model_routes: Annotated[list[ModelRoute], NoDecode] = Field(
         default_factory=list, validation_alias="HAL9100_MODEL_ROUTES"
     )
     default_context_window: int = Field(
@@ -77,13 +78,25 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=512 * 1024 * 1024, validation_alias="HAL9100_MAX_UPLOAD_BYTES"
     )
+    # Largest JSON request body; a larger one is refused (413) before it is read.
+    max_request_bytes: int = Field(
+        default=32 * 1024 * 1024, validation_alias="HAL9100_MAX_REQUEST_BYTES"
+    )
+    # At start-up, how long to wait (retrying with backoff) for the database, Redis and S3
+    # to answer before exiting with an error that names the variable to fix.
+    startup_timeout: float = Field(default=30.0, validation_alias="HAL9100_STARTUP_TIMEOUT")
     log_level: str = Field(default="info", validation_alias="HAL9100_LOG_LEVEL")
 
     @field_validator("model_routes", mode="before")
     @classmethod
     def _parse_routes(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return json.loads(value) if value.strip() else []
+            if not value.strip():
+                return []
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"HAL9100_MODEL_ROUTES is not a JSON list: {exc}") from None
         return value
 
     @cached_property

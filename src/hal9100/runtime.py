@@ -6,8 +6,14 @@ chosen implementations and never ask which ones they are.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hal9100.config import Settings
@@ -16,6 +22,16 @@ from hal9100.events.base import EventBus
 from hal9100.llm.router import ModelRouter
 from hal9100.queue.base import RunQueue
 from hal9100.storage.base import ObjectStorage
+
+log = logging.getLogger(__name__)
+
+# How long one readiness check of one part may take: an unreachable host can leave a connect
+# hanging for a minute.
+CHECK_SECONDS = 5.0
+
+
+class BackendUnavailable(Exception):
+    """A configured backend did not answer at start-up (HAL9100_STARTUP_TIMEOUT)."""
 
 
 @dataclass
@@ -28,12 +44,89 @@ class Runtime:
     queue: RunQueue
     router: ModelRouter
 
+    def _parts(self) -> dict[str, tuple[str, Callable[[], Awaitable[None]]]]:
+        """Each backend this process depends on: its name, the variable (and value) that
+        configures it, and a cheap call that raises when it is down."""
+        settings = self.settings
+        database = (
+            f"DATABASE_URL={redact_url(settings.database_url)}"
+            if settings.database_url
+            else f"HAL9100_DATA_DIR={settings.data_dir}"
+        )
+        storage = (
+            f"S3_ENDPOINT={settings.s3_endpoint}, bucket {settings.s3_bucket_name}"
+            if settings.s3_endpoint
+            else f"HAL9100_DATA_DIR={settings.data_dir}"
+        )
+        parts: dict[str, tuple[str, Callable[[], Awaitable[None]]]] = {
+            "database": (database, self._select_one),
+            "storage": (storage, self.storage.ping),
+        }
+        if settings.redis_url:
+            parts["redis"] = (f"REDIS_URL={redact_url(settings.redis_url)}", self.bus.ping)
+        return parts
+
+    async def _select_one(self) -> None:
+        async with self.sessions() as session:
+            await session.execute(text("SELECT 1"))
+
+    async def check(self, seconds: float = CHECK_SECONDS) -> dict[str, str | None]:
+        """Call every part at once; what each one's failure was, or None when it answered."""
+        parts = self._parts()
+
+        async def one(name: str) -> str | None:
+            configured, ping = parts[name]
+            try:
+                async with asyncio.timeout(seconds):
+                    await ping()
+            except TimeoutError:
+                return f"{name} ({configured}): no answer within {seconds:g}s"
+            except Exception as exc:
+                # The first line: drivers append hints and SQL on the next ones.
+                detail = (str(exc).strip().splitlines() or [""])[0]
+                return f"{name} ({configured}): {type(exc).__name__}: {detail}"
+            return None
+
+        results = await asyncio.gather(*(one(name) for name in parts))
+        return dict(zip(parts, results, strict=True))
+
+    async def wait_until_reachable(self, patience: float) -> None:
+        """Retry the parts with backoff until all answer; raise BackendUnavailable naming
+        the variable of each that is still down after `patience` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        delay = 0.25
+        while True:
+            seconds = min(CHECK_SECONDS, max(deadline - loop.time(), 0.5))
+            down = [error for error in (await self.check(seconds)).values() if error]
+            if not down:
+                return
+            if loop.time() + delay > deadline:
+                raise BackendUnavailable(
+                    f"cannot reach {'; '.join(down)} (gave up after {patience:g}s, "
+                    "HAL9100_STARTUP_TIMEOUT)"
+                )
+            log.warning("waiting for %s", "; ".join(down))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
     async def aclose(self) -> None:
-        await self.queue.aclose()
-        await self.bus.aclose()
-        await self.router.aclose()
-        await self.storage.aclose()
-        await self.engine.dispose()
+        """Close every part, even after one failed (its server is down): a part left open
+        can keep the process from exiting (aiosqlite's connection thread)."""
+        errors: list[Exception] = []
+        for close in (
+            self.queue.aclose,
+            self.bus.aclose,
+            self.router.aclose,
+            self.storage.aclose,
+            self.engine.dispose,
+        ):
+            try:
+                await close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 def make_storage(settings: Settings) -> ObjectStorage:
@@ -100,3 +193,87 @@ async def build_runtime(settings: Settings) -> Runtime:
         queue=make_queue(settings),
         router=make_router(settings),
     )
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def describe_backends(settings: Settings) -> str:
+    """One line naming the backends in use, without secrets."""
+    db = urlsplit(settings.sqlalchemy_url)
+    dialect = db.scheme.split("+", 1)[0]
+    if dialect == "sqlite":
+        database = f"sqlite ({settings.sqlalchemy_url.split(':///', 1)[-1]})"
+    else:
+        database = f"{dialect} ({db.hostname}:{db.port or 5432}{db.path})"
+    storage = (
+        f"s3 ({settings.s3_endpoint}, bucket {settings.s3_bucket_name})"
+        if settings.s3_endpoint
+        else f"local ({settings.files_dir.resolve()})"
+    )
+    if settings.redis_url:
+        redis = urlsplit(settings.redis_url)
+        events = f"redis ({redis.hostname}:{redis.port or 6379}{redis.path})"
+    else:
+        events = "in-process"
+    routes = ", ".join(f"{r.match}->{r.backend}" for r in settings.model_routes) or "none"
+    anthropic = (
+        "configured" if settings.anthropic_api_key or settings.anthropic_base_url else "not set"
+    )
+    model_url = redact_url(settings.model_url) if settings.model_url else "unset"
+    return (
+        f"backends: database={database}, storage={storage}, queue/events={events}, "
+        f"MODEL_URL={model_url}, model routes={routes}, anthropic={anthropic}"
+    )
+
+
+def missing_model_backend(settings: Settings) -> str | None:
+    """Why no run can reach a model with these settings, or None when one can."""
+    if (
+        settings.model_url
+        or settings.anthropic_api_key
+        or settings.anthropic_base_url
+        or any(route.url for route in settings.model_routes)
+    ):
+        return None
+    return (
+        "no model backend is configured, so every run will fail: set MODEL_URL to an "
+        "OpenAI-compatible server (e.g. http://localhost:11434/v1 for Ollama), or "
+        "ANTHROPIC_API_KEY for Claude models"
+    )
+
+
+def log_startup(settings: Settings) -> None:
+    """The start-up summary, once per command."""
+    log.info("%s", describe_backends(settings))
+    missing = missing_model_backend(settings)
+    if missing is not None:
+        log.warning("%s", missing)
+
+
+async def connect_runtime(settings: Settings) -> Runtime:
+    """The runtime, once each of its backends answers (retrying up to
+    HAL9100_STARTUP_TIMEOUT); raises BackendUnavailable naming what is down."""
+    runtime = await build_runtime(settings)
+    try:
+        await runtime.wait_until_reachable(settings.startup_timeout)
+    except BaseException:
+        # Closing what is down fails too; that must not hide why.
+        with contextlib.suppress(Exception):
+            await runtime.aclose()
+        raise
+    return runtime
+
+
+async def check_backends(settings: Settings) -> None:
+    """Wait for every backend to answer (raises BackendUnavailable), then let go."""
+    await (await connect_runtime(settings)).aclose()

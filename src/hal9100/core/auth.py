@@ -1,5 +1,9 @@
 """The optional shared API key (HAL9100_API_KEY). Unset means no authentication, as the
-original HAL-9100; per-project keys come later and will replace this check."""
+original HAL-9100; per-project keys come later and will replace this check.
+
+With a key set, the documentation pages and the liveness and readiness probes stay open (a
+load balancer or orchestrator probes without credentials); everything else needs the key.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hal9100.core.errors import error_body
 
-_OPEN_PATHS = frozenset({"/health", "/v1/health", "/docs", "/openapi.json"})
+_OPEN_PATHS = frozenset(
+    {
+        "/health",
+        "/v1/health",
+        "/ready",
+        "/v1/ready",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+    }
+)
 
 
 class APIKeyMiddleware:
@@ -17,14 +32,19 @@ class APIKeyMiddleware:
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = api_key.encode()
+
+    def _authorized(self, header: bytes) -> bool:
+        # The scheme is case-insensitive (RFC 9110 section 11.1); the key is not.
+        scheme, _, token = header.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.expected)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
-        if hmac.compare_digest(given, self.expected):
+        if self._authorized(given):
             await self.app(scope, receive, send)
             return
         from starlette.responses import JSONResponse

@@ -38,6 +38,13 @@ class APIError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
 
+INVALID_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you "
+    "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
+    "but what was sent was not valid JSON.)"
+)
+
+
 def error_body(
     message: str, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -71,11 +78,7 @@ def _param(loc: tuple[Any, ...]) -> str | None:
 def _validation_message(err: dict[str, Any], param: str | None) -> str:
     kind = err.get("type", "")
     if kind == "json_invalid":
-        return (
-            "We could not parse the JSON body of your request. (HINT: This likely means you "
-            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
-            "but what was sent was not valid JSON.)"
-        )
+        return INVALID_JSON
     if kind == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}"
     if kind == "missing":

@@ -8,6 +8,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field
 
 T = TypeVar("T")
 
+# The largest integer a request field may hold: what PostgreSQL's INTEGER columns store,
+# and far beyond any count a client means.
+MAX_INT32 = 2**31 - 1
+
 
 class RequestModel(BaseModel):
     """Base of every request body: OpenAI rejects arguments it does not know."""
@@ -99,7 +103,8 @@ class CodeInterpreterResources(RequestModel):
 
 class ChunkingStrategyStatic(RequestModel):
     max_chunk_size_tokens: int = Field(ge=100, le=4096)
-    chunk_overlap_tokens: int = Field(ge=0)
+    # OpenAI: at most half of max_chunk_size_tokens, itself at most 4096.
+    chunk_overlap_tokens: int = Field(ge=0, le=2048)
 
 
 class ChunkingStrategy(RequestModel):

@@ -52,6 +52,11 @@ def error_event(message: str, code: str | None = "server_error") -> RunEvent:
     return RunEvent("error", json.dumps({**error, "error": error}, separators=(",", ":")))
 
 
+def run_gone_event(run_id: str) -> RunEvent:
+    """The `error` event that ends the streams of a run whose thread was deleted."""
+    return error_event(f"Run {run_id} no longer exists (its thread was deleted).", "run_not_found")
+
+
 class EventBus(Protocol):
     async def publish(self, run_id: str, event: RunEvent) -> None: ...
 
@@ -70,6 +75,10 @@ class EventBus(Protocol):
     async def wait_cancel(self, run_id: str) -> None:
         """Return when a cancel was requested for the run (the executor races its work
         against this)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise when the channel's server (Redis) does not answer; for readiness checks."""
         ...
 
     async def aclose(self) -> None: ...

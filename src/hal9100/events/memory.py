@@ -114,6 +114,9 @@ class MemoryEventBus:
         if log is not None and not log.events and log.users == 0:
             del self._logs[run_id]
 
+    async def ping(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -98,7 +98,8 @@ class RedisEventBus:
         while True:
             # Entry ids are times, so after a Redis restart new entries still sort after
             # the cursor: the stream resumes with whatever is published from then on.
-            answer = await _retrying(
+            # redis-py types a reply as anything RESP can carry; XREAD's shape is fixed.
+            answer: Any = await _retrying(
                 functools.partial(self.redis.xread, {key: cursor}, count=500, block=BLOCK_MS),
                 "read",
                 READ_PATIENCE,
@@ -110,6 +111,9 @@ class RedisEventBus:
                     yield event
                     if event.event in CLOSING_EVENTS:
                         return
+
+    async def ping(self) -> None:
+        await self.redis.ping()
 
     async def request_cancel(self, run_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -95,9 +95,13 @@ async def _ensure_no_active_run(session: AsyncSession, thread_id: str) -> None:
 
 async def create(session: AsyncSession, thread_id: str, body: MessageCreate) -> MessageObject:
     await ThreadRepository(session).get_or_404(thread_id)
-    await _ensure_no_active_run(session, thread_id)
     row = await build_message(session, thread_id, body)
     MessageRepository(session).add(row)
+    # Checked after the insert, in its transaction: on SQLite (which ignores the row lock the
+    # check takes) that transaction holds the database's write lock by then, so a run that
+    # another process adds is either seen here or added after this message.
+    await session.flush()
+    await _ensure_no_active_run(session, thread_id)
     await session.commit()
     return to_object(row)
 

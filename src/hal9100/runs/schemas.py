@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from hal9100.core.schemas import (
+    MAX_INT32,
     Metadata,
     ObjectModel,
     ReasoningEffort,
@@ -18,12 +19,13 @@ from hal9100.core.schemas import (
 from hal9100.messages.schemas import MessageCreate
 from hal9100.threads.schemas import ThreadCreate
 
-TokenLimit = Annotated[int, Field(ge=256)]
+# OpenAI's lower bound; the upper one is what the database's integer column holds.
+TokenLimit = Annotated[int, Field(ge=256, le=MAX_INT32)]
 
 
 class TruncationStrategy(RequestModel):
     type: Literal["auto", "last_messages"]
-    last_messages: Annotated[int, Field(ge=1)] | None = None
+    last_messages: Annotated[int, Field(ge=1, le=MAX_INT32)] | None = None
 
 
 class NamedFunction(RequestModel):

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.assistants.repository import AssistantRepository
@@ -46,6 +47,8 @@ from hal9100.threads.service import to_object as thread_object
 
 # A cancel re-reads the run and tries again this often when the run changes state under it.
 _CANCEL_ATTEMPTS = 5
+# A run create whose checks were overtaken by a concurrent write checks again this often.
+_CREATE_ATTEMPTS = 3
 INCLUDABLE = ("step_details.tool_calls[*].file_search.results[*].content",)
 
 
@@ -156,16 +159,27 @@ async def create(
     session: AsyncSession, runtime: Runtime, thread_id: str, body: RunCreate, include: list[str]
 ) -> Started:
     _check_include(include)
-    await ThreadRepository(session).get_or_404(thread_id)
-    assistant = await AssistantRepository(session).get_or_404(body.assistant_id, "assistant_id")
-    await _ensure_idle(session, thread_id)
-    run = _new_run(runtime, body, assistant, thread_id, include)
-    for index, message in enumerate(body.additional_messages or []):
-        session.add(
-            await build_message(session, thread_id, message, f"additional_messages[{index}]")
-        )
-    session.add(run)
-    await session.commit()
+    for attempt in range(1, _CREATE_ATTEMPTS + 1):
+        await ThreadRepository(session).get_or_404(thread_id)
+        assistant = await AssistantRepository(session).get_or_404(body.assistant_id, "assistant_id")
+        await _ensure_idle(session, thread_id)
+        run = _new_run(runtime, body, assistant, thread_id, include)
+        for index, message in enumerate(body.additional_messages or []):
+            session.add(
+                await build_message(session, thread_id, message, f"additional_messages[{index}]")
+            )
+        session.add(run)
+        try:
+            await session.commit()
+            break
+        except IntegrityError:
+            # The checks above read before this transaction wrote: a request in another
+            # process may have added a run (the unique index on a thread's active run
+            # refuses ours) or deleted what ours refers to. Checking again answers it as
+            # if it had come a moment later.
+            await session.rollback()
+            if attempt == _CREATE_ATTEMPTS:
+                raise
     queued = run_object(run)
     return await _dispatch(
         runtime,

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from starlette.types import Receive, Scope, Send
 
 from hal9100.db.models import Run
-from hal9100.events.base import RunEvent, error_event
+from hal9100.events.base import RunEvent, error_event, run_gone_event
 from hal9100.runs.lifecycle import TERMINAL, run_event
 from hal9100.runtime import Runtime
 
@@ -77,8 +77,7 @@ async def _after_quiet(
     async with runtime.sessions() as session:
         run = await session.scalar(select(Run).where(Run.id == run_id))
         if run is None:
-            message = f"Run {run_id} no longer exists (its thread was deleted)."
-            return error_event(message, "run_not_found"), False
+            return run_gone_event(run_id), False
         if run.status not in _CLOSING_STATUSES:
             return None, False
         if not suspect:

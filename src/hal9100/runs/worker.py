@@ -19,10 +19,11 @@ from sqlalchemy import ColumnElement, or_, select, update
 
 from hal9100.config import Settings
 from hal9100.core.clock import now
+from hal9100.db.engine import make_engine, make_sessionmaker
 from hal9100.db.models import Run
 from hal9100.runs.executor import RUNNABLE, RunExecutor
 from hal9100.runs.lifecycle import ACTIVE, close_open_work, run_event, terminal_values, transition
-from hal9100.runtime import Runtime, build_runtime
+from hal9100.runtime import Runtime, connect_runtime
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,15 @@ class Worker:
 
 async def run_worker(settings: Settings, concurrency: int) -> None:
     """`hal9100 worker`: execute runs until SIGTERM or SIGINT, then drain and exit."""
-    runtime = await build_runtime(settings)
+    if not settings.redis_url or not settings.database_url:
+        # Without both it would share nothing with the API processes: an empty in-process
+        # queue, or a SQLite file of its own.
+        raise SystemExit(
+            "hal9100 worker needs REDIS_URL and DATABASE_URL (the Redis and PostgreSQL its API "
+            "processes use); an embedded server (`hal9100 serve` without them) executes its "
+            "own runs."
+        )
+    runtime = await connect_runtime(settings)
     worker = Worker(runtime, concurrency)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -121,6 +130,27 @@ async def sweep(runtime: Runtime) -> None:
         if getattr(result, "rowcount", 0):
             log.info("run %s: dispatch or lease lapsed, re-queueing", run_id)
             await runtime.queue.enqueue(run_id)
+
+
+async def release_leases(url: str) -> None:
+    """Clear the leases and dispatch deadlines of the runs with work left, so that the first
+    sweep re-dispatches them at once instead of when those lapse. Only for a server that has
+    just claimed its data directory (`datadir.claim`): the lock proves that the processes
+    holding these leases, and the in-process queue that held these runs, are gone."""
+    engine = make_engine(url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            result = await session.execute(
+                update(Run)
+                .where(Run.status.in_(RUNNABLE))
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+            await session.commit()
+    finally:
+        await engine.dispose()
+    released: int = getattr(result, "rowcount", 0)
+    if released:
+        log.info("taking over %d run(s) left by the previous server", released)
 
 
 def _lease_lapsed(stamp: float) -> ColumnElement[bool]:

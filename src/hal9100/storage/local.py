@@ -55,5 +55,11 @@ class LocalStorage:
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
 
+    async def ping(self) -> None:
+        if not self.root.is_dir():
+            raise OSError(f"{self.root} is not a directory")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise OSError(f"{self.root} is not writable")
+
     async def aclose(self) -> None:
         return None

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from hal9100.core.deps import SessionDep
+from hal9100.core.deps import RuntimeDep, SessionDep
 from hal9100.core.schemas import DeletedObject
 from hal9100.threads import service
 from hal9100.threads.schemas import ThreadCreate, ThreadObject, ThreadUpdate
@@ -34,5 +34,5 @@ async def modify_thread(
 
 
 @router.delete("/{thread_id}")
-async def delete_thread(thread_id: str, session: SessionDep) -> DeletedObject:
-    return await service.delete(session, thread_id)
+async def delete_thread(thread_id: str, session: SessionDep, runtime: RuntimeDep) -> DeletedObject:
+    return await service.delete(session, runtime, thread_id)

@@ -9,8 +9,10 @@ from hal9100.core import ids
 from hal9100.core.clock import now
 from hal9100.core.resources import check_tool_resources
 from hal9100.core.schemas import DeletedObject
-from hal9100.db.models import Message, Run, RunStep, Thread
+from hal9100.db.models import ACTIVE_RUN_STATUSES, Message, Run, RunStep, Thread
+from hal9100.events.base import run_gone_event
 from hal9100.messages.service import build_message
+from hal9100.runtime import Runtime
 from hal9100.threads.repository import ThreadRepository
 from hal9100.threads.schemas import ThreadCreate, ThreadObject, ThreadUpdate
 
@@ -64,13 +66,22 @@ async def update(session: AsyncSession, thread_id: str, body: ThreadUpdate) -> T
     return to_object(row)
 
 
-async def delete(session: AsyncSession, thread_id: str) -> DeletedObject:
+async def delete(session: AsyncSession, runtime: Runtime, thread_id: str) -> DeletedObject:
     await ThreadRepository(session).get_or_404(thread_id)
     # Explicit deletes rather than trusting ON DELETE CASCADE: an SQLite connection opened
     # without foreign_keys=ON would silently keep the children.
     await session.execute(sql_delete(RunStep).where(RunStep.thread_id == thread_id))
-    await session.execute(sql_delete(Run).where(Run.thread_id == thread_id))
+    # The active runs come from the delete itself, so a run started meanwhile is not missed.
+    runs = await session.execute(
+        sql_delete(Run).where(Run.thread_id == thread_id).returning(Run.id, Run.status)
+    )
+    active = [run_id for run_id, status in runs if status in ACTIVE_RUN_STATUSES]
     await session.execute(sql_delete(Message).where(Message.thread_id == thread_id))
     await session.execute(sql_delete(Thread).where(Thread.id == thread_id))
     await session.commit()
+    # The runs went with their thread: their executors stop (finding no row, they write
+    # nothing) and their streams end now rather than after a quiet spell.
+    for run_id in active:
+        await runtime.bus.request_cancel(run_id)
+        await runtime.bus.publish(run_id, run_gone_event(run_id))
     return DeletedObject(id=thread_id, object="thread.deleted")
