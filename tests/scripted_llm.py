@@ -42,8 +42,10 @@ Quirks of real servers (OpenAI protocol unless noted), as [[quirk:a,b]] or repea
   repeat_id                 The id (and type) is repeated in every fragment.
   no_index                  Tool-call fragments carry no index.
   legacy_function_call      delta.function_call (first call only), finish "function_call".
-  dup_function_call         Every tool-call fragment also sent as delta.function_call in the
-                            same chunk (llama-cpp-python's chatml-function-calling).
+  dup_function_call         As llama-cpp-python's chatml-function-calling streams: every
+                            tool-call fragment carries the id and name and is also sent as
+                            delta.function_call in the same chunk; a last fragment carries
+                            the name and empty arguments.
   ignore_stream             (Both protocols) answer the complete, non-streamed object
                             (chat.completion / message JSON) even when asked to stream.
   no_usage                  No usage chunk even when stream_options.include_usage is set.
@@ -502,6 +504,14 @@ class OpenAIRenderer:
                     delta["function_call"] = function
                 return delta
 
+            if "dup_function_call" in quirks:
+                # As llama-cpp-python streams: id and name in every fragment, then one more
+                # fragment with the name and no arguments.
+                events += [
+                    self._chunk(fragment({"name": name, "arguments": p}, first=True))
+                    for p in [*pieces, ""]
+                ]
+                continue
             # Like OpenAI: the name comes alone, the arguments in later fragments.
             events.append(self._chunk(fragment({"name": name, "arguments": ""}, first=True)))
             events += [self._chunk(fragment({"arguments": p}, first=False)) for p in pieces]

@@ -462,7 +462,9 @@ class _ToolCallAssembler:
     a different id than the call has, or a function name arriving after the call's
     arguments already form complete JSON (servers that put every parallel call at index 0,
     or send no index and no id, one complete call per chunk). A name repeated while the
-    arguments are still incomplete is a continuation (servers that repeat it every chunk).
+    arguments are still incomplete is a continuation (servers that repeat it every chunk);
+    such a server's call then takes a new call's name only with new arguments
+    (llama-cpp-python ends each call with one more named fragment without any).
     """
 
     def __init__(self) -> None:
@@ -470,6 +472,8 @@ class _ToolCallAssembler:
         self._ids: list[str | None] = []
         self._names: list[str | None] = []
         self._arguments: list[str] = []
+        # Whether the server named the call again in a fragment that continued it.
+        self._repeats_name: list[bool] = []
         self._current: int | None = None
 
     @property
@@ -484,13 +488,16 @@ class _ToolCallAssembler:
             position = self._by_server_index.get(server_index)
         else:
             position = self._current
-        if position is not None and self._starts_new_call(position, call_id, name):
+        if position is not None and self._starts_new_call(position, call_id, name, arguments):
             position = None
         if position is None:
             position = len(self._ids)
             self._ids.append(None)
             self._names.append(None)
             self._arguments.append("")
+            self._repeats_name.append(False)
+        elif name:
+            self._repeats_name[position] = True
         if server_index is not None:
             self._by_server_index[server_index] = position
         self._current = position
@@ -506,7 +513,9 @@ class _ToolCallAssembler:
         self._arguments[position] += arguments
         return delta
 
-    def _starts_new_call(self, position: int, call_id: str | None, name: str | None) -> bool:
+    def _starts_new_call(
+        self, position: int, call_id: str | None, name: str | None, arguments: str
+    ) -> bool:
         if name is None:
             # Fragments without a name continue a call, even when a server invents a fresh
             # id for each of them.
@@ -514,7 +523,9 @@ class _ToolCallAssembler:
         known_id = self._ids[position]
         if call_id and known_id and call_id != known_id:
             return True
-        return _is_complete_json(self._arguments[position])
+        if not _is_complete_json(self._arguments[position]):
+            return False
+        return not self._repeats_name[position] or bool(arguments.strip())
 
 
 def _is_complete_json(text: str) -> bool:
