@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +139,29 @@ class MotoServer:
         self._log.close()
 
 
+def drop_bucket(deployment: Deployment) -> Callable[[], None]:
+    """Take a production deployment's S3 bucket away, contents and all (storage outages);
+    returns what makes an empty one again."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=deployment.env["S3_ENDPOINT"],
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
+    bucket = deployment.env["S3_BUCKET_NAME"]
+    for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        s3.delete_object(Bucket=bucket, Key=item["Key"])
+    s3.delete_bucket(Bucket=bucket)
+
+    def restore() -> None:
+        s3.create_bucket(Bucket=bucket)
+
+    return restore
+
+
 def server_env(llm: ScriptedLLM) -> dict[str, str]:
     """The environment of a deployment answering from the scripted LLM (tests and benches)."""
     return {
@@ -210,7 +234,12 @@ class Deployment:
         )
 
     def stop(self) -> None:
-        for process in [*self.api, *self.workers]:
+        processes = [*self.api, *self.workers]
+        # All at once: each drains for seconds, and a session stops dozens of deployments.
+        for process in processes:
+            if process.alive():
+                process.proc.terminate()
+        for process in processes:
             process.stop()
         for cleanup in reversed(self._cleanup):
             cleanup()  # type: ignore[operator]

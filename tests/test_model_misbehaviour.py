@@ -17,7 +17,7 @@ from openai.types.beta.threads import Run
 from openai.types.beta.threads.runs import ToolCall
 
 from conftest import DeployFactory, make_client
-from deployments import Deployment
+from deployments import Deployment, drop_bucket
 from runs_support import POLL_MS, TERMINAL, TIME_TOOL, WEATHER_TOOL, marker, requests_with
 from scripted_llm import ScriptedLLM
 
@@ -240,19 +240,7 @@ def _break_storage(deployment: Deployment, file_id: str) -> str:
         blob.unlink()
         blob.mkdir()  # reading it now raises IsADirectoryError
         return "IsADirectoryError"
-    import boto3
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=deployment.env["S3_ENDPOINT"],
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
-    bucket = deployment.env["S3_BUCKET_NAME"]
-    for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
-        s3.delete_object(Bucket=bucket, Key=item["Key"])
-    s3.delete_bucket(Bucket=bucket)
+    drop_bucket(deployment)
     return "NoSuchBucket"
 
 

@@ -222,16 +222,18 @@ class _ChunkStream:
 
     async def _chunks(self) -> AsyncIterator[Any]:
         chunks = 0
-        # What was no chunk: a body that is no event stream, or data no chat-completions
-        # server sends. Kept to read a whole `chat.completion` from, or to quote.
+        # What came before any chunk and was none: a body that is no event stream, or data
+        # no chat-completions server sends. Kept (up to a bound) to read a whole
+        # `chat.completion` from, or to quote; once chunks flow, strays are only skipped.
         other: list[str] = []
         kept = 0
         async for line in self._response.aiter_lines():
             if not line.startswith("data:"):
                 # Blank separators, `event:`/`id:` lines and `: keep-alive` comments aside.
-                if line and not line.startswith(_SSE_FIELDS) and kept < _MAX_WHOLE_BODY:
-                    other.append(line)
-                    kept += len(line)
+                if line and not chunks and kept < _MAX_WHOLE_BODY:
+                    if not line.startswith(_SSE_FIELDS):
+                        other.append(line)
+                        kept += len(line)
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
@@ -247,7 +249,9 @@ class _ChunkStream:
                 # vLLM and llama.cpp report a failure mid-generation this way.
                 self._raise_error(json.loads(data)["error"], data)
             if not _is_chunk(chunk):
-                other.append(data)
+                if not chunks and kept < _MAX_WHOLE_BODY:
+                    other.append(data)
+                    kept += len(data)
                 continue
             chunks += 1
             yield chunk

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from hal9100.config import Settings
 from hal9100.core import ids
@@ -69,6 +70,14 @@ FIRST_WRITE_DELAY = 0.002
 # Executions of one run that may end in an unexpected error in a row (a bug, a storage
 # outage) before the run fails instead of being dispatched, and its model called, again.
 MAX_FAILED_EXECUTIONS = 3
+
+
+def _outage(exc: BaseException) -> bool:
+    """Whether `exc` is a lost or refused connection (a database failover, a network cut)
+    rather than something the run itself brings about each time."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, ConnectionError | TimeoutError)
 
 
 class LeaseLost(Exception):
@@ -888,6 +897,10 @@ class _Job:
     async def crashed(self, exc: Exception) -> None:
         """Count an execution that ended in an unexpected error; at the bound, fail the run
         rather than leave it to be dispatched again. (A crash runs no code: never counted.)"""
+        if _outage(exc):
+            # The database or the network is down, which is no fault of the run: it is
+            # dispatched again once they are back, however long that takes.
+            return
         async with self.x.sessions() as session:
             failures = await session.scalar(
                 update(Run)
