@@ -386,3 +386,103 @@ def test_line_breaks_in_a_multipart_filename_never_break_the_server(
         filename = created.json()["filename"]
         assert not any(ch in filename for ch in "\r\n\x00")
         _assert_served_as(raw, created.json()["id"], filename)
+
+
+def _upload(
+    raw: httpx.Client,
+    fields: dict[str, bytes],
+    part_type: bytes | None = b"text/plain",
+    charset: str | None = None,
+) -> httpx.Response:
+    """A multipart upload built byte by byte: httpx would percent-encode control characters."""
+    boundary = "hal9100boundary"
+    body = b""
+    for name, value in fields.items():
+        body += f"--{boundary}\r\n".encode()
+        body += f'Content-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        body += value + b"\r\n"
+    body += f"--{boundary}\r\n".encode()
+    body += b'Content-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+    if part_type is not None:
+        body += b"Content-Type: " + part_type + b"\r\n"
+    body += b"\r\nhostile\r\n" + f"--{boundary}--\r\n".encode()
+    content_type = f"multipart/form-data; boundary={boundary}"
+    if charset is not None:
+        content_type += f"; charset={charset}"
+    return raw.post("/v1/files", content=body, headers={"Content-Type": content_type})
+
+
+@pytest.mark.parametrize(
+    ("sent", "served"),
+    [
+        (b"image/png", "image/png"),
+        (b"application/vnd.api+json; charset=utf-8", "application/vnd.api+json; charset=utf-8"),
+        (b'model/x; header=present; x="a \\"b\\" c"', 'model/x; header=present; x="a \\"b\\" c"'),
+        (None, "application/octet-stream"),
+        (b"", "application/octet-stream"),
+        (b"text/plain\x00evil", "application/octet-stream"),
+        (b"image/\x01png", "application/octet-stream"),
+        (b"image/png\x7f", "application/octet-stream"),
+        (b"image/png; a=\x1b", "application/octet-stream"),
+        (b"image/p\xc3\xa9ng", "application/octet-stream"),
+        (b"imagepng", "application/octet-stream"),
+        (b"image/png/x", "application/octet-stream"),
+        (b"image/png;", "application/octet-stream"),
+        (b"image/" + b"p" * 300, "application/octet-stream"),
+    ],
+)
+def test_a_parts_content_type_is_served_back_only_when_valid(
+    raw: httpx.Client, sent: bytes | None, served: str
+) -> None:
+    created = _upload(raw, {"purpose": b"assistants"}, part_type=sent)
+    assert created.status_code == 200, created.text
+    content = raw.get(f"/v1/files/{created.json()['id']}/content")
+    assert content.status_code == 200
+    assert content.read() == b"hostile"
+    assert content.headers["content-type"] == served
+    assert raw.get("/v1/files").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "seconds", ["²", "\uff13\uff16\uff10\uff10", "٣٦٠٠", "9" * 5000, "-3600", "3600.0", ""]
+)
+def test_expiry_seconds_are_ascii_digits(raw: httpx.Client, seconds: str) -> None:
+    fields = {"purpose": b"assistants", "expires_after[anchor]": b"created_at"}
+    created = _upload(raw, {**fields, "expires_after[seconds]": seconds.encode()})
+    assert created.status_code == 400, created.text
+    assert created.json()["error"]["param"] == "expires_after.seconds"
+    padded = _upload(raw, {**fields, "expires_after[seconds]": b" 3600 "})
+    assert padded.status_code == 200, padded.text
+
+
+@pytest.mark.parametrize(
+    ("field", "param"),
+    [("purpose", "purpose"), ("expires_after[anchor]", "expires_after.anchor")],
+)
+@pytest.mark.parametrize(
+    ("value", "charset"),
+    [
+        (b"assis\x00tants", None),
+        (b"created_at\x00", None),
+        ("assistants\ud800".encode("utf-7"), "utf-7"),
+        ("created_at\udfff".encode("utf-7"), "utf-7"),
+        (b"\xed\xa0\x80", None),  # an encoded surrogate, not UTF-8: read as Latin-1
+    ],
+)
+def test_bad_text_in_form_fields_is_400(
+    raw: httpx.Client, field: str, param: str, value: bytes, charset: str | None
+) -> None:
+    fields = {"purpose": b"assistants", "expires_after[seconds]": b"3600", field: value}
+    if field != "expires_after[anchor]":
+        fields["expires_after[anchor]"] = b"created_at"
+    created = _upload(raw, fields, charset=charset)
+    assert created.status_code == 400, created.text
+    assert created.json() == {
+        "error": {
+            "message": created.json()["error"]["message"],
+            "type": "invalid_request_error",
+            "param": param,
+            "code": None,
+        }
+    }
+    assert raw.get("/v1/files").status_code == 200

@@ -463,24 +463,229 @@ def test_messages_cursor_with_nul(http: httpx.Client, thread_id: str) -> None:
     assert response.json()["error"]["param"] == "after"
 
 
-@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
-def test_nan_and_infinity_are_not_json(http: httpx.Client, constant: str) -> None:
-    """Python's JSON parser takes them; stored in free-form JSON (a function's parameters),
-    no answer could carry them back."""
-    tool = '{"type": "function", "function": {"name": "f", "parameters": {"x": CONSTANT}}}'
-    body = '{"model": "m", "tools": [' + tool.replace("CONSTANT", constant) + "]}"
-    response = http.post(
-        "/v1/assistants", content=body, headers={"Content-Type": "application/json"}
-    )
+NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e400", "-1e999"]
+# (path, body with VALUE for a free-form JSON value, the param that holds it)
+FREE_FORM = [
+    (
+        "/v1/assistants",
+        '{"model": "m", "tools": [{"type": "function", "function": {"name": "f", '
+        '"parameters": VALUE}}]}',
+        "tools[0].function.parameters",
+    ),
+    (
+        "/v1/assistants",
+        '{"model": "m", "response_format": {"type": "json_schema", "json_schema": '
+        '{"name": "s", "schema": VALUE}}}',
+        "response_format.json_schema.schema",
+    ),
+    (
+        "/v1/threads/runs",
+        '{"assistant_id": "ASSISTANT", "tools": [{"type": "function", "function": '
+        '{"name": "f", "parameters": VALUE}}]}',
+        "tools[0].function.parameters",
+    ),
+]
+
+
+def post_raw(http: httpx.Client, path: str, body: str, assistant_id: str) -> httpx.Response:
+    content = body.replace("ASSISTANT", assistant_id).encode()
+    return http.post(path, content=content, headers={"content-type": "application/json"})
+
+
+def assert_refused(response: httpx.Response, param: str) -> None:
     assert response.status_code == 400, response.text
-    assert response.json()["error"]["message"].startswith("We could not parse the JSON body")
-    # A string that spells one is only text.
-    ok = http.post(
-        "/v1/assistants", json={"model": "m", "metadata": {"k": constant}, "name": constant}
-    )
+    assert response.json() == {
+        "error": {
+            "message": response.json()["error"]["message"],
+            "type": "invalid_request_error",
+            "param": param,
+            "code": None,
+        }
+    }
+
+
+@pytest.mark.parametrize("number", NON_FINITE)
+@pytest.mark.parametrize(("path", "body", "param"), FREE_FORM)
+def test_non_finite_numbers_are_refused_in_free_form_json(
+    http: httpx.Client, assistant_id: str, number: str, path: str, body: str, param: str
+) -> None:
+    """Python's parser takes NaN and Infinity, and reads 1e400 as infinity; JSON has no
+    words for them, so stored in free-form JSON no answer could carry them back."""
+    value = '{"type": "object", "x": [1, {"y": NUMBER}]}'.replace("NUMBER", number)
+    response = post_raw(http, path, body.replace("VALUE", value), assistant_id)
+    assert_refused(response, param)
+    assert "finite" in response.json()["error"]["message"]
+    # Large but finite numbers are kept as sent.
+    ok = post_raw(http, path, body.replace("VALUE", '{"x": 1e300}'), assistant_id)
     assert ok.status_code == 200, ok.text
-    assert http.get(f"/v1/assistants/{ok.json()['id']}").json()["name"] == constant
+    assert "1e+300" in ok.text
     assert http.get("/v1/assistants").status_code == 200
+
+
+@pytest.mark.parametrize("number", NON_FINITE)
+@pytest.mark.parametrize(
+    ("field", "param"),
+    [
+        ('"temperature": VALUE', "temperature"),
+        ('"top_p": VALUE', "top_p"),
+        (
+            '"tools": [{"type": "file_search", "file_search": {"ranking_options": '
+            '{"score_threshold": VALUE}}}]',
+            "tools[0].file_search.ranking_options.score_threshold",
+        ),
+    ],
+)
+def test_non_finite_numbers_are_refused_in_number_fields(
+    http: httpx.Client, number: str, field: str, param: str
+) -> None:
+    body = '{"model": "m", ' + field.replace("VALUE", number) + "}"
+    response = http.post(
+        "/v1/assistants", content=body, headers={"content-type": "application/json"}
+    )
+    assert_refused(response, param)
+
+
+def test_a_string_that_spells_a_constant_is_only_text(http: httpx.Client) -> None:
+    for constant in ("NaN", "Infinity", "-Infinity", "1e400"):
+        ok = http.post(
+            "/v1/assistants", json={"model": "m", "metadata": {"k": constant}, "name": constant}
+        )
+        assert ok.status_code == 200, ok.text
+        assert http.get(f"/v1/assistants/{ok.json()['id']}").json()["name"] == constant
+    assert http.get("/v1/assistants").status_code == 200
+
+
+def nested(depth: int) -> str:
+    """`depth` JSON containers inside each other, objects and arrays in turn."""
+    opening = "".join('{"a": ' if i % 2 == 0 else "[" for i in range(depth))
+    closing = "".join("}" if i % 2 == 0 else "]" for i in reversed(range(depth)))
+    return opening + "1" + closing
+
+
+@pytest.mark.parametrize(("path", "body", "param"), FREE_FORM)
+@pytest.mark.parametrize("depth", [65, 300, 5000, 100_000])
+def test_over_deep_free_form_json_is_refused(
+    http: httpx.Client, assistant_id: str, depth: int, path: str, body: str, param: str
+) -> None:
+    response = post_raw(http, path, body.replace("VALUE", nested(depth)), assistant_id)
+    assert response.status_code == 400, response.text
+    if depth <= 300:
+        assert_refused(response, param)
+        assert "64" in response.json()["error"]["message"]
+    else:
+        # Deeper than any JSON parser recurses: refused as a body that is not parsed.
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    deepest = post_raw(http, path, body.replace("VALUE", nested(64)), assistant_id)
+    assert deepest.status_code == 200, deepest.text
+    assert http.get("/v1/assistants").status_code == 200
+    if path == "/v1/threads/runs":
+        run = http.get(f"/v1/threads/{deepest.json()['thread_id']}/runs/{deepest.json()['id']}")
+        assert run.status_code == 200, run.text
+
+
+# --- multipart uploads: the form's fields and the file part's own headers ---
+
+# Text a form may carry: anything (NUL and lone surrogates included), digits of other scripts
+# (`"²".isdigit()` is true), and what breaks a part's headers.
+form_text = st.text(
+    st.one_of(
+        st.characters(),
+        st.characters(categories=("Cs",)),
+        st.characters(categories=("Nd", "No")),
+        st.sampled_from(["\x00", "\x01", "\x7f", "\r", "\n", '"', ";", "/", "=", "\\"]),
+    ),
+    max_size=12,
+)
+# A form's charset decides how its text is read; UTF-7 can carry lone surrogates.
+form_charsets = st.sampled_from([None, "utf-7"])
+# Files already downloaded whole: each listed file is fetched once per session.
+_downloaded: set[str] = set()
+
+
+def multipart_upload(
+    http: httpx.Client,
+    fields: dict[str, str | None],
+    part_type: str | None,
+    filename: str,
+    charset: str | None,
+) -> httpx.Response:
+    """The upload's bytes built by hand: httpx percent-encodes control characters."""
+
+    def encode(text: str) -> bytes:
+        return text.encode(charset or "utf-8", "surrogatepass")
+
+    boundary = uuid.uuid4().hex
+    body = b""
+    for name, value in fields.items():
+        if value is not None:
+            body += (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+            )
+            body += encode(value) + b"\r\n"
+    body += f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="'.encode()
+    body += encode(filename) + b'"\r\n'
+    if part_type is not None:
+        body += b"Content-Type: " + part_type.encode("utf-8", "surrogatepass") + b"\r\n"
+    body += b"\r\nfuzzed\r\n" + f"--{boundary}--\r\n".encode()
+    content_type = f"multipart/form-data; boundary={boundary}"
+    if charset is not None:
+        content_type += f"; charset={charset}"
+    return http.post("/v1/files", content=body, headers={"content-type": content_type})
+
+
+@PROPERTY
+@given(
+    purpose=st.one_of(st.sampled_from(["assistants", "vision"]), form_text),
+    anchor=st.one_of(st.none(), st.just("created_at"), form_text),
+    seconds=st.one_of(st.none(), st.just("3600"), form_text),
+    part_type=st.one_of(st.none(), st.sampled_from(["image/png", "text/csv; a=b"]), form_text),
+    filename=form_text,
+    charset=form_charsets,
+)
+@example(
+    purpose="assistants", anchor=None, seconds=None, part_type="a/b\x00", filename="f", charset=None
+)
+@example(
+    purpose="assistants",
+    anchor="created_at",
+    seconds="²",
+    part_type=None,
+    filename="f",
+    charset=None,
+)
+@example(
+    purpose="as\ud800", anchor=None, seconds=None, part_type=None, filename="", charset="utf-7"
+)
+def test_multipart_fields(
+    http: httpx.Client,
+    purpose: str,
+    anchor: str | None,
+    seconds: str | None,
+    part_type: str | None,
+    filename: str,
+    charset: str | None,
+) -> None:
+    fields = {
+        "purpose": purpose,
+        "expires_after[anchor]": anchor,
+        "expires_after[seconds]": seconds,
+    }
+    response = multipart_upload(http, fields, part_type, filename, charset)
+    assert response.status_code < 500, response.text
+    if response.status_code == 200:
+        assert response.json()["purpose"] in ("assistants", "vision")
+    else:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    listing = http.get("/v1/files")
+    assert listing.status_code == 200, listing.text
+    for file in listing.json()["data"]:
+        if file["id"] in _downloaded:
+            continue
+        content = http.get(f"/v1/files/{file['id']}/content")
+        assert content.status_code == 200, content.text
+        assert len(content.content) == file["bytes"]
+        assert content.headers["content-type"].isascii()
+        _downloaded.add(file["id"])
 
 
 # --- finding 7: request size limits ---

@@ -8,7 +8,8 @@ pass through untouched.
 * Text: a lone surrogate cannot be encoded as UTF-8 (SQLite stores it and every later read of
   the row fails, poisoning lists) and PostgreSQL refuses NUL in text and JSON. JSON can carry
   both (`"\\ud800"`, `"\\u0000"`), and so can a URL (`%00`): they are refused with 400 naming
-  the `param`, every other character is accepted as it is.
+  the `param`, every other character is accepted as it is. An upload's form fields are
+  checked where they are read (files/service.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hal9100.core.errors import INVALID_JSON, APIError, bad_request
+from hal9100.core.errors import APIError, bad_request
 from hal9100.core.text import problem as text_problem
 
 # Room for the multipart boundaries, part headers and the small form fields of an upload;
@@ -85,7 +86,12 @@ class BodyLimitMiddleware:
         upload = scope["method"] == "POST" and scope["path"] in self.upload_paths
         limit = self.max_upload_bytes + MULTIPART_ALLOWANCE if upload else self.max_request_bytes
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if (
+            declared is not None
+            and declared.isascii()
+            and declared.isdigit()
+            and int(declared) > limit
+        ):
             await _answer(self._too_large(upload), scope, receive, send)
             return
         received = 0
@@ -149,22 +155,12 @@ def _find_bad_text(value: Any) -> APIError | None:
     return None
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _body_problem(body: bytes) -> APIError | None:
-    # Python's parser (FastAPI's too) takes NaN and Infinity, which JSON has no words for:
-    # stored in a free-form object (function parameters, a JSON schema), no answer could
-    # carry them back.
-    constants = b"NaN" in body or b"Infinity" in body
-    if not constants and not _may_hold_bad_text(body):
+    if not _may_hold_bad_text(body):
         return None
     try:
-        value = json.loads(body, parse_constant=_no_constant if constants else None)
-    except (ValueError, RecursionError) as exc:
-        if constants and "is not JSON" in str(exc):
-            return bad_request(INVALID_JSON)
+        value = json.loads(body)
+    except (ValueError, RecursionError):
         return None  # not JSON: FastAPI answers that itself
     return _find_bad_text(value)
 

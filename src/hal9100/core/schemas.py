@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Union, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
@@ -57,13 +58,37 @@ def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
 
 Metadata = Annotated[dict[str, str] | None, AfterValidator(_check_metadata)]
 
+# Deeper than any real JSON schema, well within what pydantic serializes (a few hundred
+# levels; deeper answers 500) and what the databases' JSON functions read.
+MAX_JSON_DEPTH = 64
+
+
+def _check_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Free-form JSON that every answer can carry back. Python's parser takes NaN and
+    Infinity and reads 1e400 as infinity; JSON has no words for them. Walked without
+    recursion: the value may be deeper than the interpreter's stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (NaN, Infinity and 1e400 are not JSON)")
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"JSON may be nested at most {MAX_JSON_DEPTH} levels deep")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return value
+
+
+FreeJSON = Annotated[dict[str, Any] | None, AfterValidator(_check_json)]
+
 FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 
 
 class FunctionDefinition(RequestModel):
     name: FunctionName
     description: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: FreeJSON = None
     strict: bool | None = None
 
 
@@ -140,7 +165,7 @@ class JsonSchemaFormat(RequestModel):
     name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
     description: str | None = None
     # `schema` shadows a BaseModel attribute, hence the alias.
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_: FreeJSON = Field(default=None, alias="schema")
     strict: bool | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

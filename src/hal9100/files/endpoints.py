@@ -64,6 +64,6 @@ async def retrieve_file_content(
     row, body = await service.open_content(session, runtime.storage, file_id)
     return StreamingResponse(
         body,
-        media_type=row.content_type or "application/octet-stream",
+        media_type=service.media_type(row.content_type),
         headers={"Content-Disposition": service.content_disposition(row.filename)},
     )

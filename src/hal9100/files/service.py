@@ -15,6 +15,7 @@ from hal9100.core.clock import now
 from hal9100.core.errors import APIError, bad_request
 from hal9100.core.pagination import ListParams, envelope
 from hal9100.core.schemas import ListResponse
+from hal9100.core.text import problem as text_problem
 from hal9100.db.models import File
 from hal9100.files.repository import FileRepository
 from hal9100.files.schemas import PURPOSES, FileDeleted, FileObject
@@ -77,12 +78,44 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
+DEFAULT_MEDIA_TYPE = "application/octet-stream"
+MAX_MEDIA_TYPE_CHARS = 255
+# RFC 7231 3.1.1.1: `type/subtype` tokens, then `; name=value` parameters (a token or a quoted
+# string), printable ASCII only: what a response header can carry back unchanged.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[\t !#-\[\]-~]|\\[\t -~])*"'
+_MEDIA_TYPE = re.compile(
+    rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*", re.ASCII
+)
+
+
+def media_type(sent: str | None) -> str:
+    """The Content-Type a file is stored and served with: the upload part's own when it is a
+    valid media type, DEFAULT_MEDIA_TYPE otherwise. A control character in it would break
+    the download's header (and PostgreSQL refuses NUL); rows stored before uploads were
+    checked are checked again when served."""
+    sent = (sent or "").strip()
+    if len(sent) <= MAX_MEDIA_TYPE_CHARS and _MEDIA_TYPE.fullmatch(sent):
+        return sent
+    return DEFAULT_MEDIA_TYPE
+
+
 EXPIRES_MIN_SECONDS = 3600
 EXPIRES_MAX_SECONDS = 2_592_000
 
 
+def check_form_text(value: str | None, param: str) -> None:
+    """The request guard's rule (core/guards.py) for a multipart field, which it does not
+    parse: NUL or a lone surrogate (a form's charset may be UTF-7) is refused, naming it."""
+    problem = None if value is None else text_problem(value)
+    if problem is not None:
+        raise bad_request(f"Invalid '{param}': the string contains {problem}.", param)
+
+
 def expires_after_seconds(anchor: str | None, seconds: str | None) -> int | None:
     """Validate the multipart `expires_after[anchor]` / `expires_after[seconds]` pair."""
+    check_form_text(anchor, "expires_after.anchor")
+    check_form_text(seconds, "expires_after.seconds")
     if anchor is None and seconds is None:
         return None
     if anchor != "created_at":
@@ -94,7 +127,10 @@ def expires_after_seconds(anchor: str | None, seconds: str | None) -> int | None
         raise bad_request(
             "Missing required parameter: 'expires_after.seconds'.", "expires_after.seconds"
         )
-    value = int(seconds) if seconds.strip().isdigit() else -1
+    digits = seconds.strip()
+    # ASCII only: `int` takes other scripts' digits (and refuses "²", which isdigit() passes);
+    # ten digits are past any bound without making `int` parse thousands.
+    value = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 10 else -1
     if not EXPIRES_MIN_SECONDS <= value <= EXPIRES_MAX_SECONDS:
         raise bad_request(
             f"Invalid value for 'expires_after.seconds': {seconds!r}. Expected an integer "
@@ -131,6 +167,7 @@ async def create(
     max_bytes: int,
     expires_after_seconds: int | None = None,
 ) -> FileObject:
+    check_form_text(purpose, "purpose")
     if purpose not in PURPOSES:
         raise bad_request(
             f"Invalid value for 'purpose': '{purpose}'. Expected one of {', '.join(PURPOSES)}.",
@@ -149,7 +186,7 @@ async def create(
         status="processed",
         expires_at=created + expires_after_seconds if expires_after_seconds else None,
         storage_key=key,
-        content_type=upload.content_type,
+        content_type=media_type(upload.content_type),
     )
     FileRepository(session).add(row)
     try:
