@@ -19,7 +19,7 @@ from hal9100.core.guards import BodyLimitMiddleware, TextGuardMiddleware
 from hal9100.files.endpoints import router as files_router
 from hal9100.messages.endpoints import router as messages_router
 from hal9100.runs.endpoints import router as runs_router
-from hal9100.runs.worker import Worker
+from hal9100.runs.worker import Worker, release_leases
 from hal9100.runtime import connect_runtime
 from hal9100.threads.endpoints import router as threads_router
 
@@ -41,7 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One of `hal9100 serve --workers N` joins the hold its parent took on the data
         # directory (and the parent took the dead server's runs over before starting it).
-        datadir.claim(settings)
+        # Under another ASGI server (one process) this process is the holder: the runs of
+        # a server that died are its to take over, as `serve` does.
+        if datadir.claim(settings):
+            await release_leases(settings.sqlalchemy_url)
         # `hal9100 serve` waited for the backends already; this covers other ASGI servers.
         runtime = await connect_runtime(settings)
         app.state.runtime = runtime
@@ -70,9 +73,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/ready", include_in_schema=False)
     async def ready() -> JSONResponse:
         checks = await app.state.runtime.check()
-        down = [error for error in checks.values() if error]
+        down = {name: part for name, part in checks.items() if part}
         if down:
-            body = error_body("Not ready: " + "; ".join(down), "server_error", None, "not_ready")
+            # `/ready` is open to anyone: where the backends are and what their drivers said
+            # go to the log, the answer names the variables to look at.
+            log.warning("not ready: %s", "; ".join(part.detail for part in down.values()))
+            names = ", ".join(f"{name} ({part.variable})" for name, part in down.items())
+            body = error_body(f"Not ready: {names}", "server_error", None, "not_ready")
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ok", "checks": dict.fromkeys(checks, "ok")})
 

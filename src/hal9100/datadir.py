@@ -13,8 +13,9 @@ however they die:
   uvicorn's parent alone: its workers live on and keep executing runs, and a new server
   must not take those over. It takes this lock exclusively (non-blocking) to check.
 
-A process started by the holder learns it from `HAL9100_DATA_DIR_HOLDER` (the holder's pid,
-checked against its parent's, so a value inherited by anything else counts for nothing).
+A process started by the holder learns it from `HAL9100_DATA_DIR_HOLDER` (the holder's pid
+and directory, checked against its parent's pid and its own directory, so a value inherited
+by anything else counts for nothing).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ SERVER_LOCK = "hal9100.lock"
 PROCESSES_LOCK = "hal9100.processes.lock"
 HOLDER_ENV = "HAL9100_DATA_DIR_HOLDER"
 
-# The lock files' descriptors, open for the life of the process: closing one drops its lock.
-_held: list[int] = []
+# The lock files' descriptors by data directory, open for the life of the process: closing
+# one drops its lock. By directory, as one process may serve several apps on several.
+_held: dict[Path, list[int]] = {}
 
 
 class DataDirInUse(Exception):
@@ -56,16 +58,18 @@ def claim(settings: Settings) -> bool:
     be taken (a PostgreSQL deployment), or this process or its parent holds it already.
     Raises DataDirInUse when another server holds it.
     """
-    if settings.database_url or _held:
+    if settings.database_url:
         return False
     directory = settings.data_dir.resolve()
+    if directory in _held:
+        return False
     directory.mkdir(parents=True, exist_ok=True)
-    if os.environ.get(HOLDER_ENV) == str(os.getppid()):
+    if os.environ.get(HOLDER_ENV) == f"{os.getppid()}:{directory}":
         # One of `--workers N`; the parent holds the directory, so no other server can.
         shared = _lock(directory / PROCESSES_LOCK, fcntl.LOCK_SH)
         if shared is None:
             raise DataDirInUse(f"Data directory {directory} was taken by another server.")
-        _held.append(shared)
+        _held[directory] = [shared]
         return False
     server = _lock(directory / SERVER_LOCK, fcntl.LOCK_EX)
     if server is None:
@@ -86,6 +90,6 @@ def claim(settings: Settings) -> bool:
     fcntl.flock(processes, fcntl.LOCK_SH)
     os.ftruncate(server, 0)
     os.write(server, f"{os.getpid()}\n".encode())
-    _held.extend((server, processes))
-    os.environ[HOLDER_ENV] = str(os.getpid())
+    _held[directory] = [server, processes]
+    os.environ[HOLDER_ENV] = f"{os.getpid()}:{directory}"
     return True

@@ -34,6 +34,16 @@ class BackendUnavailable(Exception):
     """A configured backend did not answer at start-up (HAL9100_STARTUP_TIMEOUT)."""
 
 
+@dataclass(frozen=True)
+class Down:
+    """A part that did not answer."""
+
+    variable: str
+    """The name of the variable that configures it: all `/ready` tells (it needs no key)."""
+    detail: str
+    """Where it is and what went wrong: for the server's log and console only."""
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -44,47 +54,49 @@ class Runtime:
     queue: RunQueue
     router: ModelRouter
 
-    def _parts(self) -> dict[str, tuple[str, Callable[[], Awaitable[None]]]]:
-        """Each backend this process depends on: its name, the variable (and value) that
-        configures it, and a cheap call that raises when it is down."""
+    def _parts(self) -> dict[str, tuple[str, str, Callable[[], Awaitable[None]]]]:
+        """Each backend this process depends on: its name, the variable that configures it,
+        where that says it is, and a cheap call that raises when it is down."""
         settings = self.settings
+        data_dir = ("HAL9100_DATA_DIR", f"{settings.data_dir}")
         database = (
-            f"DATABASE_URL={redact_url(settings.database_url)}"
+            ("DATABASE_URL", redact_url(settings.database_url))
             if settings.database_url
-            else f"HAL9100_DATA_DIR={settings.data_dir}"
+            else data_dir
         )
         storage = (
-            f"S3_ENDPOINT={settings.s3_endpoint}, bucket {settings.s3_bucket_name}"
+            ("S3_ENDPOINT", f"{settings.s3_endpoint}, bucket {settings.s3_bucket_name}")
             if settings.s3_endpoint
-            else f"HAL9100_DATA_DIR={settings.data_dir}"
+            else data_dir
         )
-        parts: dict[str, tuple[str, Callable[[], Awaitable[None]]]] = {
-            "database": (database, self._select_one),
-            "storage": (storage, self.storage.ping),
+        parts: dict[str, tuple[str, str, Callable[[], Awaitable[None]]]] = {
+            "database": (*database, self._select_one),
+            "storage": (*storage, self.storage.ping),
         }
         if settings.redis_url:
-            parts["redis"] = (f"REDIS_URL={redact_url(settings.redis_url)}", self.bus.ping)
+            parts["redis"] = ("REDIS_URL", redact_url(settings.redis_url), self.bus.ping)
         return parts
 
     async def _select_one(self) -> None:
         async with self.sessions() as session:
             await session.execute(text("SELECT 1"))
 
-    async def check(self, seconds: float = CHECK_SECONDS) -> dict[str, str | None]:
-        """Call every part at once; what each one's failure was, or None when it answered."""
+    async def check(self, seconds: float = CHECK_SECONDS) -> dict[str, Down | None]:
+        """Call every part at once; how each one failed, or None when it answered."""
         parts = self._parts()
 
-        async def one(name: str) -> str | None:
-            configured, ping = parts[name]
+        async def one(name: str) -> Down | None:
+            variable, configured, ping = parts[name]
+            where = f"{name} ({variable}={configured})"
             try:
                 async with asyncio.timeout(seconds):
                     await ping()
             except TimeoutError:
-                return f"{name} ({configured}): no answer within {seconds:g}s"
+                return Down(variable, f"{where}: no answer within {seconds:g}s")
             except Exception as exc:
                 # The first line: drivers append hints and SQL on the next ones.
                 detail = (str(exc).strip().splitlines() or [""])[0]
-                return f"{name} ({configured}): {type(exc).__name__}: {detail}"
+                return Down(variable, f"{where}: {type(exc).__name__}: {detail}")
             return None
 
         results = await asyncio.gather(*(one(name) for name in parts))
@@ -98,7 +110,7 @@ class Runtime:
         delay = 0.25
         while True:
             seconds = min(CHECK_SECONDS, max(deadline - loop.time(), 0.5))
-            down = [error for error in (await self.check(seconds)).values() if error]
+            down = [part.detail for part in (await self.check(seconds)).values() if part]
             if not down:
                 return
             if loop.time() + delay > deadline:

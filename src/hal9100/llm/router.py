@@ -72,9 +72,15 @@ class ModelRouter:
         self.default_context_window = default_context_window
         self.timeout = timeout
         self._backends: dict[tuple[BackendKind, str | None, str | None], LLMBackend] = {}
-        # The configured defaults are made now, importing their SDK at start-up rather than
-        # in the middle of the first run (a blocking import of about half a second); an SDK
-        # nothing is configured for is never imported.
+
+    def warm(self) -> None:
+        """Make the configured default backends now, for a process about to execute runs.
+
+        Their SDK is then imported at start-up rather than in the middle of the first run (a
+        blocking import of about half a second); an SDK nothing is configured for is never
+        imported, and a process that executes no runs (`serve`'s parent, a production API
+        process) does not call this and imports none.
+        """
         if self.default_url is not None:
             self._openai(self.default_url, self.default_api_key)
         if self.anthropic_api_key is not None:

@@ -47,6 +47,7 @@ class Worker:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self.runtime.router.warm()
         await self.runtime.queue.start_consuming(self.executor.execute, self.concurrency)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="run-sweeper")
 
