@@ -46,6 +46,10 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+# What `hal9100 worker` logs once it takes runs off the queue.
+WORKER_READY = "executing up to"
+
+
 class Process:
     """One `python -m hal9100 ...` subprocess with its output in a log file."""
 
@@ -63,6 +67,16 @@ class Process:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-20000:]
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        """Wait until the process has logged `text` (a worker saying it takes runs)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if not self.alive():
+                raise RuntimeError(f"{self.args} exited early:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.args} not ready in {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -318,6 +332,8 @@ def start_production(
             deployment.api.append(ServerProcess(full_env, data_dir))
         for server in deployment.api:
             server.wait_ready()
+        for worker in deployment.workers:
+            worker.wait_for(WORKER_READY)
     except BaseException:
         deployment.stop()
         raise
