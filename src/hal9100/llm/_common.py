@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import httpx
@@ -73,6 +73,14 @@ def body_message(body: object) -> str | None:
                 return _truncate("; ".join(_describe(item) for item in value))
         return _truncate(str(body))
     return _truncate(str(body))
+
+
+def raise_mapped(exc: Exception, mapped: LLMError | None) -> NoReturn:
+    """Raise the `LLMError` that `exc` stands for (the backend's `_map_error`), or `exc`
+    itself when it stands for none: not a backend failure, so not the run's to report."""
+    if mapped is None:
+        raise exc
+    raise mapped from exc
 
 
 def status_error(

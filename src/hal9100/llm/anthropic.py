@@ -33,6 +33,7 @@ from hal9100.llm._common import (
     TRANSPORT_ERRORS,
     body_message,
     garbage_error,
+    raise_mapped,
     status_error,
     token_count,
     transport_error,
@@ -173,10 +174,7 @@ class AnthropicBackend:
                         if usage_delta.input_tokens is not None:
                             input_tokens = _input_tokens(usage_delta)
         except Exception as exc:
-            mapped = self._map_error(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            raise_mapped(exc, self._map_error(exc))
         finally:
             await events.close()
         if not started:
@@ -211,10 +209,7 @@ class AnthropicBackend:
                 return await self._open(params)
             raise self._status_error(exc) from exc
         except Exception as exc:
-            mapped = self._map_error(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            raise_mapped(exc, self._map_error(exc))
         response = events.response
         content_type = response.headers.get("content-type", "")
         if "html" in content_type or "json" in content_type:
@@ -228,10 +223,7 @@ class AnthropicBackend:
                     if len(head) >= _MAX_QUOTED:
                         break
             except Exception as exc:
-                mapped = self._map_error(exc)
-                if mapped is None:
-                    raise
-                raise mapped from exc
+                raise_mapped(exc, self._map_error(exc))
             finally:
                 await response.aclose()
             body = head[:_MAX_QUOTED].decode("utf-8", "replace")

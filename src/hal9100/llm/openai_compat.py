@@ -27,6 +27,7 @@ from hal9100.llm._common import (
     body_message,
     garbage_error,
     kind_for_status,
+    raise_mapped,
     status_error,
     token_count,
     transport_error,
@@ -134,10 +135,7 @@ class OpenAICompatBackend:
                     if reason:
                         finish_reason = reason
         except Exception as exc:
-            mapped = self._map_error(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            raise_mapped(exc, self._map_error(exc))
         finally:
             await chunks.close()
 
@@ -167,10 +165,7 @@ class OpenAICompatBackend:
                     continue
                 raise self._status_error(exc) from exc
             except Exception as exc:
-                mapped = self._map_error(exc)
-                if mapped is None:
-                    raise
-                raise mapped from exc
+                raise_mapped(exc, self._map_error(exc))
 
     def _map_error(self, exc: BaseException) -> LLMError | None:
         if isinstance(exc, openai.APIStatusError):
