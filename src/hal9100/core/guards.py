@@ -51,6 +51,26 @@ async def _answer(error: APIError, scope: Scope, receive: Receive, send: Send) -
     await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
 
 
+def upload_too_large(limit: int, param: str | None = None) -> APIError:
+    """The 413 for an upload past HAL9100_MAX_UPLOAD_BYTES, from this guard or from where
+    the file part itself is counted (files/service.py)."""
+    message = f"The upload is larger than the limit of {limit} bytes (HAL9100_MAX_UPLOAD_BYTES)."
+    return APIError(413, message, param=param, code="request_too_large")
+
+
+def bad_text(param: str | None, problem: str, what: str = "the string") -> APIError:
+    """The 400 for text no database can store (`core.text.problem`), naming its `param`."""
+    where = f"Invalid '{param}'" if param else "Invalid request body"
+    return bad_request(f"{where}: {what} contains {problem}.", param)
+
+
+def check_text(value: str | None, param: str) -> None:
+    """The rule for a field this guard does not parse (an upload's form fields)."""
+    problem = None if value is None else text_problem(value)
+    if problem is not None:
+        raise bad_text(param, problem)
+
+
 class BodyLimitMiddleware:
     def __init__(
         self,
@@ -67,16 +87,12 @@ class BodyLimitMiddleware:
 
     def _too_large(self, upload: bool) -> APIError:
         if upload:
-            message = (
-                f"The upload is larger than the limit of {self.max_upload_bytes} bytes "
-                "(HAL9100_MAX_UPLOAD_BYTES)."
-            )
-        else:
-            limit = self.max_request_bytes
-            size = f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit} bytes"
-            message = (
-                f"The request body is larger than the limit of {size} (HAL9100_MAX_REQUEST_BYTES)."
-            )
+            return upload_too_large(self.max_upload_bytes)
+        limit = self.max_request_bytes
+        size = f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit} bytes"
+        message = (
+            f"The request body is larger than the limit of {size} (HAL9100_MAX_REQUEST_BYTES)."
+        )
         return APIError(413, message, code="request_too_large")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,15 +155,13 @@ def _find_bad_text(value: Any) -> APIError | None:
         if isinstance(item, str):
             problem = text_problem(item)
             if problem is not None:
-                where = f"Invalid '{param}'" if param else "Invalid request body"
-                return bad_request(f"{where}: the string contains {problem}.", param)
+                return bad_text(param, problem)
         elif isinstance(item, dict):
             children: list[tuple[Any, str | None]] = []
             for key, child in item.items():
                 problem = text_problem(key)
                 if problem is not None:
-                    where = f"Invalid '{param}'" if param else "Invalid request body"
-                    return bad_request(f"{where}: an object key contains {problem}.", param)
+                    return bad_text(param, problem, "an object key")
                 children.append((child, _child(param, key)))
             stack.extend(reversed(children))
         elif isinstance(item, list):

@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hal9100.core import ids
 from hal9100.core.clock import now
 from hal9100.core.errors import APIError, bad_request
+from hal9100.core.guards import check_text, upload_too_large
 from hal9100.core.pagination import ListParams, envelope
 from hal9100.core.schemas import ListResponse
-from hal9100.core.text import problem as text_problem
 from hal9100.db.models import File
 from hal9100.files.repository import FileRepository
 from hal9100.files.schemas import PURPOSES, FileDeleted, FileObject
@@ -104,18 +104,10 @@ EXPIRES_MIN_SECONDS = 3600
 EXPIRES_MAX_SECONDS = 2_592_000
 
 
-def check_form_text(value: str | None, param: str) -> None:
-    """The request guard's rule (core/guards.py) for a multipart field, which it does not
-    parse: NUL or a lone surrogate (a form's charset may be UTF-7) is refused, naming it."""
-    problem = None if value is None else text_problem(value)
-    if problem is not None:
-        raise bad_request(f"Invalid '{param}': the string contains {problem}.", param)
-
-
 def expires_after_seconds(anchor: str | None, seconds: str | None) -> int | None:
     """Validate the multipart `expires_after[anchor]` / `expires_after[seconds]` pair."""
-    check_form_text(anchor, "expires_after.anchor")
-    check_form_text(seconds, "expires_after.seconds")
+    check_text(anchor, "expires_after.anchor")
+    check_text(seconds, "expires_after.seconds")
     if anchor is None and seconds is None:
         return None
     if anchor != "created_at":
@@ -147,14 +139,9 @@ async def _chunks(upload: UploadFile, limit: int) -> AsyncIterator[bytes]:
     while chunk := await upload.read(CHUNK_SIZE):
         total += len(chunk)
         if total > limit:
-            # The same answer as the request-size guard's, which lets the multipart framing
-            # through: the file part itself is counted here.
-            raise APIError(
-                413,
-                f"The upload is larger than the limit of {limit} bytes (HAL9100_MAX_UPLOAD_BYTES).",
-                param="file",
-                code="request_too_large",
-            )
+            # The request-size guard lets the multipart framing through: the file part
+            # itself is counted here.
+            raise upload_too_large(limit, "file")
         yield chunk
 
 
@@ -167,7 +154,7 @@ async def create(
     max_bytes: int,
     expires_after_seconds: int | None = None,
 ) -> FileObject:
-    check_form_text(purpose, "purpose")
+    check_text(purpose, "purpose")
     if purpose not in PURPOSES:
         raise bad_request(
             f"Invalid value for 'purpose': '{purpose}'. Expected one of {', '.join(PURPOSES)}.",
