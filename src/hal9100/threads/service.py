@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import delete as sql_delete
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.core import ids
@@ -68,6 +69,12 @@ async def update(session: AsyncSession, thread_id: str, body: ThreadUpdate) -> T
 
 async def delete(session: AsyncSession, runtime: Runtime, thread_id: str) -> DeletedObject:
     await ThreadRepository(session).get_or_404(thread_id)
+    # The thread, then its runs, are locked before any row goes, so this waits for a run's
+    # executor writing at that moment instead of deadlocking with it on PostgreSQL: its
+    # inserts hold the thread (the messages' key), a turn's end holds the run and then takes
+    # its messages and steps. (SQLite ignores the clause; it has one writer.)
+    await session.execute(select(Thread.id).where(Thread.id == thread_id).with_for_update())
+    await session.execute(select(Run.id).where(Run.thread_id == thread_id).with_for_update())
     # Explicit deletes rather than trusting ON DELETE CASCADE: an SQLite connection opened
     # without foreign_keys=ON would silently keep the children.
     await session.execute(sql_delete(RunStep).where(RunStep.thread_id == thread_id))
