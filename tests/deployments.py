@@ -185,6 +185,8 @@ def server_env(llm: ScriptedLLM) -> dict[str, str]:
         "ANTHROPIC_BASE_URL": llm.anthropic_base_url,
         "HAL9100_LLM_RETRY_BASE_DELAY": "0.05",
         "HAL9100_API_KEY": "",
+        # Action tools in tests call HTTP APIs served on loopback, which is refused otherwise.
+        "HAL9100_ACTION_ALLOWED_HOSTS": "127.0.0.1",
     }
 
 

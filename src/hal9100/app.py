@@ -19,9 +19,9 @@ from hal9100.core.guards import BodyLimitMiddleware, TextGuardMiddleware
 from hal9100.files.endpoints import router as files_router
 from hal9100.messages.endpoints import router as messages_router
 from hal9100.runs.endpoints import router as runs_router
-from hal9100.runs.worker import Worker, release_leases
 from hal9100.runtime import connect_runtime
 from hal9100.threads.endpoints import router as threads_router
+from hal9100.worker import Worker, release_leases
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not settings.database_url or args.migrate:
         upgrade(settings.sqlalchemy_url)
     if claimed:
-        from hal9100.runs.worker import release_leases
+        from hal9100.worker import release_leases
 
         asyncio.run(release_leases(settings.sqlalchemy_url))
     uvicorn.run(
@@ -65,8 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from hal9100.runs.worker import run_worker
     from hal9100.runtime import BackendUnavailable, log_startup
+    from hal9100.worker import run_worker
 
     settings = Settings()
     log_startup(settings)

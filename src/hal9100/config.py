@@ -70,6 +70,16 @@ class Settings(BaseSettings):
         default=0.5, validation_alias="HAL9100_LLM_RETRY_BASE_DELAY"
     )
     llm_timeout: float = Field(default=600.0, validation_alias="HAL9100_LLM_TIMEOUT")
+    # Model calls a run may make in a row without the client (server-side tool rounds, calls
+    # the model was asked to redo) before it fails: a model that never stops calling tools.
+    max_turns: int = Field(default=32, ge=1, validation_alias="HAL9100_MAX_TURNS")
+    # Tool calls over a whole run that name a function the run does not offer, or whose
+    # arguments are not JSON (and cannot be repaired unambiguously), sent back to the model
+    # to redo; one more fails the run. 0: hand the client its calls exactly as the model made
+    # them, neither checked nor repaired.
+    tool_call_corrections: int = Field(
+        default=3, ge=0, validation_alias="HAL9100_TOOL_CALL_CORRECTIONS"
+    )
     # A streamed run that sends nothing for this long is looked up in the database, so a
     # stream whose run was deleted (or whose closing event was lost) ends instead of hanging.
     stream_check_seconds: float = Field(
@@ -87,6 +97,30 @@ class Settings(BaseSettings):
     startup_timeout: float = Field(default=30.0, validation_alias="HAL9100_STARTUP_TIMEOUT")
     log_level: str = Field(default="info", validation_alias="HAL9100_LOG_LEVEL")
 
+    # --- the action tool (an HTTP API described by an OpenAPI spec, called by the server) ---
+    # Largest spec an action tool may carry (its text, or its object as compact JSON).
+    action_max_spec_bytes: int = Field(
+        default=1024 * 1024, validation_alias="HAL9100_ACTION_MAX_SPEC_BYTES"
+    )
+    # Hosts (`host` or `host:port`, comma-separated) that calls may reach even when they
+    # resolve to loopback, private or link-local addresses; every other host must be public.
+    action_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="HAL9100_ACTION_ALLOWED_HOSTS"
+    )
+    action_connect_timeout: float = Field(
+        default=5.0, validation_alias="HAL9100_ACTION_CONNECT_TIMEOUT"
+    )
+    # The whole call, redirects included; never past the run's expiry either.
+    action_timeout: float = Field(default=30.0, validation_alias="HAL9100_ACTION_TIMEOUT")
+    # Reading a response stops after this many bytes.
+    action_max_response_bytes: int = Field(
+        default=1024 * 1024, validation_alias="HAL9100_ACTION_MAX_RESPONSE_BYTES"
+    )
+    # The model reads at most this many characters of a response body.
+    action_max_output_chars: int = Field(
+        default=20_000, validation_alias="HAL9100_ACTION_MAX_OUTPUT_CHARS"
+    )
+
     @field_validator("model_routes", mode="before")
     @classmethod
     def _parse_routes(cls, value: Any) -> Any:
@@ -97,6 +131,13 @@ class Settings(BaseSettings):
                 return json.loads(value)
             except ValueError as exc:
                 raise ValueError(f"HAL9100_MODEL_ROUTES is not a JSON list: {exc}") from None
+        return value
+
+    @field_validator("action_allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()]
         return value
 
     @cached_property

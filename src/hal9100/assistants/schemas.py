@@ -11,8 +11,8 @@ from hal9100.core.schemas import (
     RequestModel,
     ResponseFormat,
     Temperature,
-    Tool,
     ToolResources,
+    Tools,
     TopP,
 )
 
@@ -23,7 +23,7 @@ class AssistantCreate(RequestModel):
     description: Annotated[str, Field(max_length=512)] | None = None
     instructions: Annotated[str, Field(max_length=256_000)] | None = None
     reasoning_effort: ReasoningEffort | None = None
-    tools: Annotated[list[Tool], Field(max_length=128)] = Field(default_factory=list)
+    tools: Tools = Field(default_factory=list)
     tool_resources: ToolResources | None = None
     metadata: Metadata = None
     temperature: Temperature | None = None
@@ -37,7 +37,7 @@ class AssistantUpdate(RequestModel):
     description: Annotated[str, Field(max_length=512)] | None = None
     instructions: Annotated[str, Field(max_length=256_000)] | None = None
     reasoning_effort: ReasoningEffort | None = None
-    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tools: Tools | None = None
     tool_resources: ToolResources | None = None
     metadata: Metadata = None
     temperature: Temperature | None = None

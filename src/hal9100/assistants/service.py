@@ -12,6 +12,7 @@ from hal9100.core.pagination import ListParams, envelope
 from hal9100.core.resources import check_tool_resources
 from hal9100.core.schemas import DeletedObject, ListResponse, dump_json
 from hal9100.db.models import Assistant
+from hal9100.tools.action import redact_tools, restore_redacted
 
 
 def to_object(row: Assistant) -> AssistantObject:
@@ -22,7 +23,7 @@ def to_object(row: Assistant) -> AssistantObject:
         description=row.description,
         model=row.model,
         instructions=row.instructions,
-        tools=row.tools,
+        tools=redact_tools(row.tools),
         tool_resources=row.tool_resources or {},
         metadata=row.metadata_ or {},
         # OpenAI reports its defaults rather than null.
@@ -41,7 +42,7 @@ async def create(session: AsyncSession, body: AssistantCreate) -> AssistantObjec
         name=body.name,
         description=body.description,
         instructions=body.instructions,
-        tools=dump_json(body.tools),
+        tools=restore_redacted(dump_json(body.tools), []),
         tool_resources=await check_tool_resources(session, body.tool_resources),
         metadata_=body.metadata or {},
         temperature=body.temperature,
@@ -69,7 +70,7 @@ async def update(
         if field in given:
             setattr(row, field, getattr(body, field))
     if "tools" in given:
-        row.tools = dump_json(body.tools or [])
+        row.tools = restore_redacted(dump_json(body.tools or []), row.tools)
     if "tool_resources" in given:
         row.tool_resources = await check_tool_resources(session, body.tool_resources)
     if "metadata" in given:

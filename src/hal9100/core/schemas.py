@@ -116,10 +116,92 @@ class FunctionTool(RequestModel):
     function: FunctionDefinition
 
 
+def _check_openapi_spec(value: str | dict[str, Any]) -> str | dict[str, Any]:
+    from hal9100.tools.action.spec import check_spec
+
+    return check_spec(value)
+
+
+def _check_action_headers(value: dict[str, str]) -> dict[str, str]:
+    from hal9100.tools.action.spec import check_headers
+
+    return check_headers(value)
+
+
+class ActionData(RequestModel):
+    # An OpenAPI 3.x spec as JSON or YAML text, or as an object; stored as sent.
+    openapi_spec: Annotated[str | dict[str, Any], AfterValidator(_check_openapi_spec)]
+    # Sent with every call (e.g. Authorization); write-only: API objects show them redacted.
+    headers: Annotated[dict[str, str], AfterValidator(_check_action_headers)] = Field(
+        default_factory=dict, max_length=64
+    )
+
+
+class ActionTool(RequestModel):
+    """HAL-9100's own tool: an HTTP API the server calls for the model (hal9100.tools.action)."""
+
+    type: Literal["action"]
+    data: ActionData
+
+
 if TYPE_CHECKING:
-    Tool = CodeInterpreterTool | FileSearchTool | FunctionTool
+    Tool = CodeInterpreterTool | FileSearchTool | FunctionTool | ActionTool
 else:
-    Tool = tagged_union(CodeInterpreterTool, FileSearchTool, FunctionTool)
+    Tool = tagged_union(CodeInterpreterTool, FileSearchTool, FunctionTool, ActionTool)
+
+
+def _function_names(tool: Any) -> list[str]:
+    if isinstance(tool, FunctionTool):
+        return [tool.function.name]
+    if isinstance(tool, ActionTool):
+        # The spec passed its own check, which left its parse in the cache.
+        from hal9100.tools.action.spec import parse_cached
+
+        return list(parse_cached(tool.data.openapi_spec).operations)
+    return []
+
+
+def _check_function_names(tools: list[Any]) -> list[Any]:
+    """The model calls a function by name alone, so one name offered twice across a run's
+    tools (two function tools, two action specs, a function and an operation) could not
+    say which one the model meant. The later tool is the one refused."""
+    from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
+    owners: dict[str, int] = {}
+    for index, tool in enumerate(tools):
+        for name in _function_names(tool):
+            first = owners.setdefault(name, index)
+            if first == index:
+                if len(owners) > MAX_FUNCTIONS:
+                    error = PydanticCustomError(
+                        "value_error",
+                        "the tools offer more than {limit} functions (operations of action "
+                        "tools count one each), more than a model server takes in one request",
+                        {"limit": MAX_FUNCTIONS},
+                    )
+                    raise ValidationError.from_exception_data(
+                        "tools", [InitErrorDetails(type=error, loc=(index,), input=tool)]
+                    )
+                continue
+            error = PydanticCustomError(
+                "value_error",
+                "the function name '{name}' is already offered by tools[{first}]: the "
+                "functions of an assistant's or a run's tools need unique names",
+                {"name": name, "first": first},
+            )
+            raise ValidationError.from_exception_data(
+                "tools", [InitErrorDetails(type=error, loc=(index,), input=tool)]
+            )
+    return tools
+
+
+# The functions one chat-completions request may offer (OpenAI's limit, which
+# OpenAI-compatible servers copy).
+MAX_FUNCTIONS = 128
+
+
+# A request's `tools`; OpenAI takes at most 128.
+Tools = Annotated[list[Tool], Field(max_length=128), AfterValidator(_check_function_names)]
 
 
 class CodeInterpreterResources(RequestModel):

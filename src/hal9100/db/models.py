@@ -29,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
-# A thread holds at most one run in these states (`runs.lifecycle.ACTIVE`); the unique index
+# A thread holds at most one run in these states (`engine.state.ACTIVE`); the unique index
 # on a thread's active run enforces it.
 ACTIVE_RUN_STATUSES = ("queued", "in_progress", "requires_action", "cancelling")
 ACTIVE_RUN_SQL = "status IN (" + ", ".join(f"'{s}'" for s in ACTIVE_RUN_STATUSES) + ")"
@@ -172,6 +172,13 @@ class Run(Base):
     # Executions that ended in an unexpected error, in a row; past a bound the run fails
     # instead of being dispatched again (a crash, which runs no code, is not counted).
     failed_executions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The tool calls of the turn whose server-side calls are being run, each with its state
+    # (pending, running, done): what a worker taking over needs to go on without making a
+    # call twice. Null between such turns.
+    open_calls: Mapped[list[Any] | None] = mapped_column(JsonType)
+    # Tool calls the model got wrong (an unknown function, arguments that are not JSON) and
+    # was asked to redo, over the whole run: bounded, so a model that never gets it right ends.
+    corrections: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class RunStep(Base):

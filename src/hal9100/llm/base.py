@@ -100,6 +100,15 @@ class ToolCallDelta:
     backend_id: str | None = None
 
 
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate (about four characters per token for English and code).
+
+    Exact counts need the model's own tokenizer, which an OpenAI-compatible server does not
+    expose; the estimate is only used to fit the context window and, when a server reports no
+    usage, to fill it in."""
+    return (len(text) + 3) // 4
+
+
 @dataclass(slots=True)
 class Usage:
     prompt_tokens: int

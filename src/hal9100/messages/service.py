@@ -15,6 +15,7 @@ from hal9100.core.schemas import DeletedObject, ListResponse, dump_json
 from hal9100.db.models import Message
 from hal9100.messages.repository import MessageRepository
 from hal9100.messages.schemas import MessageCreate, MessageObject, MessageUpdate
+from hal9100.runs.repository import RunRepository
 from hal9100.threads.repository import ThreadRepository
 
 
@@ -83,8 +84,6 @@ async def build_message(
 
 
 async def _ensure_no_active_run(session: AsyncSession, thread_id: str) -> None:
-    from hal9100.runs.repository import RunRepository
-
     active = await RunRepository(session).active_run_id(thread_id)
     if active is not None:
         raise APIError(

@@ -1,9 +1,6 @@
-"""Run states and the writes that move a run between them, shared by the API (cancel, submit
-tool outputs, expiry) and the executor.
-
-Every transition is a guarded UPDATE: it names the states it may leave (and, for an executor,
-the lease epoch it holds), so two processes racing on one run cannot both win.
-"""
+"""What the Assistants API shows of a run: its objects and events, and the closing of the
+steps and messages a stopped run leaves open. The states and guarded writes themselves are
+the engine's (`engine/state.py`)."""
 
 from __future__ import annotations
 
@@ -11,19 +8,17 @@ import json
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.core.clock import now
-from hal9100.db.models import ACTIVE_RUN_STATUSES, Message, Run, RunStep
+from hal9100.db.models import Message, Run, RunStep
+from hal9100.engine.state import TERMINAL
 from hal9100.events.base import RunEvent
 from hal9100.messages.service import to_object as message_object
 from hal9100.runs.schemas import RunObject, RunStepObject
+from hal9100.tools.action import redact_tools
 
-# A thread holds at most one run in these states (OpenAI refuses new runs and messages then);
-# they are also the states a run can expire from.
-ACTIVE = ACTIVE_RUN_STATUSES
-TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
 NO_USAGE: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 # The message status reason OpenAI gives when a run stops under a message it was writing.
 MESSAGE_REASON = {"cancelled": "run_cancelled", "expired": "run_expired", "failed": "run_failed"}
@@ -46,7 +41,7 @@ def run_object(run: Run) -> RunObject:
         incomplete_details=run.incomplete_details,
         model=run.model,
         instructions=run.instructions,
-        tools=run.tools,
+        tools=redact_tools(run.tools),
         metadata=run.metadata_ or {},
         # OpenAI reports usage only once the run is finished, and then always: a run that
         # ended before any model call spent nothing.
@@ -95,48 +90,6 @@ def event(name: str, payload: BaseModel | dict[str, Any]) -> RunEvent:
 
 def run_event(run: Run) -> RunEvent:
     return event(f"thread.run.{run.status}", run_object(run))
-
-
-async def transition(
-    session: AsyncSession,
-    run_id: str,
-    from_statuses: tuple[str, ...],
-    values: dict[str, Any],
-    *,
-    epoch: int | None = None,
-) -> Run | None:
-    """Apply `values` if the run is still in one of `from_statuses` (and at `epoch`, for an
-    executor). Returns the updated run, or None when the guard failed. Does not commit."""
-    query = update(Run).where(Run.id == run_id, Run.status.in_(from_statuses))
-    if epoch is not None:
-        query = query.where(Run.epoch == epoch)
-    # One round trip: the guarded UPDATE hands back the row it changed (SQLite >= 3.35 and
-    # PostgreSQL both support RETURNING).
-    run: Run | None = await session.scalar(
-        query.values(**values).returning(Run).execution_options(populate_existing=True)
-    )
-    return run
-
-
-def terminal_values(status: str, **extra: Any) -> dict[str, Any]:
-    """Column values for entering terminal `status` (timestamps, no pending action)."""
-    values: dict[str, Any] = {
-        "status": status,
-        "required_action": None,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        **extra,
-    }
-    stamp = now()
-    if status == "completed":
-        values["completed_at"] = stamp
-    elif status == "failed":
-        values["failed_at"] = stamp
-    elif status == "cancelled":
-        values["cancelled_at"] = stamp
-    elif status == "incomplete":
-        values["completed_at"] = stamp
-    return values
 
 
 async def close_open_work(

@@ -4,10 +4,10 @@ rounds, fitted to the context window and to the run's token budget."""
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 from typing import Any
 
 from hal9100.db.models import File, Message, Run, RunStep
+from hal9100.engine.recorder import Prompt
 from hal9100.llm.base import (
     ChatMessage,
     ChatRequest,
@@ -16,6 +16,7 @@ from hal9100.llm.base import (
     ImagePart,
     TextPart,
     ToolCall,
+    estimate_tokens,
 )
 
 # Room kept free for the answer when `truncation_strategy` is auto and the run sets no
@@ -25,15 +26,6 @@ from hal9100.llm.base import (
 DEFAULT_COMPLETION_RESERVE = 1024
 # Images count as a fixed cost; servers price them very differently and we cannot see pixels.
 IMAGE_TOKENS = 256
-
-
-def estimate_tokens(text: str) -> int:
-    """A tokenizer-free estimate (about four characters per token for English and code).
-
-    Exact counts need the model's own tokenizer, which an OpenAI-compatible server does not
-    expose; the estimate is only used to fit the context window and, when a server reports no
-    usage, to fill it in."""
-    return (len(text) + 3) // 4
 
 
 def message_tokens(message: ChatMessage) -> int:
@@ -50,14 +42,6 @@ def message_tokens(message: ChatMessage) -> int:
 
 def prompt_tokens(messages: list[ChatMessage]) -> int:
     return sum(message_tokens(m) for m in messages)
-
-
-@dataclass(slots=True)
-class Prompt:
-    request: ChatRequest
-    estimated_tokens: int
-    # The prompt could not be fitted inside the run's `max_prompt_tokens`.
-    over_budget: bool
 
 
 def text_of(content: list[dict[str, Any]]) -> str:
@@ -115,6 +99,17 @@ def _thread_messages(messages: list[Message], images: dict[str, str]) -> list[Ch
     return out
 
 
+def _replayed(call: dict[str, Any]) -> tuple[ToolCall, str] | None:
+    """A step's tool call as the model made it, and its output. Functions, the client's and
+    the server's (an action's operation), share the function shape."""
+    if call.get("type") == "function":
+        function = call["function"]
+        return ToolCall(call["id"], function["name"], function["arguments"]), (
+            function.get("output") or ""
+        )
+    return None
+
+
 def _run_rounds(steps: list[RunStep], own_messages: dict[str, Message]) -> list[ChatMessage]:
     """This run's earlier turns, in step order: its answers and its tool calls with outputs."""
     out: list[ChatMessage] = []
@@ -125,37 +120,12 @@ def _run_rounds(steps: list[RunStep], own_messages: dict[str, Message]) -> list[
             if message is not None and message.status == "completed":
                 out.append(ChatMessage("assistant", text_of(message.content)))
         elif step.status == "completed":
-            calls = [c for c in details.get("tool_calls", []) if c.get("type") == "function"]
-            if not calls:
+            rounds = [r for r in map(_replayed, details.get("tool_calls", [])) if r is not None]
+            if not rounds:
                 continue
-            out.append(
-                ChatMessage(
-                    "assistant",
-                    "",
-                    tool_calls=[
-                        ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"])
-                        for c in calls
-                    ],
-                )
-            )
-            out.extend(
-                ChatMessage("tool", c["function"].get("output") or "", tool_call_id=c["id"])
-                for c in calls
-            )
+            out.append(ChatMessage("assistant", "", tool_calls=[call for call, _ in rounds]))
+            out.extend(ChatMessage("tool", output, tool_call_id=call.id) for call, output in rounds)
     return out
-
-
-def _tools(run: Run) -> list[FunctionTool]:
-    return [
-        FunctionTool(
-            name=t["function"]["name"],
-            description=t["function"].get("description"),
-            parameters=t["function"].get("parameters"),
-            strict=t["function"].get("strict"),
-        )
-        for t in run.tools
-        if t.get("type") == "function"
-    ]
 
 
 def _tool_choice(run: Run) -> str | None:
@@ -180,6 +150,7 @@ def build_prompt(
     images: dict[str, str],
     prompt_tokens_used: int,
     completion_tokens_left: int | None,
+    functions: list[FunctionTool],
 ) -> Prompt:
     """Assemble one turn's request.
 
@@ -229,7 +200,7 @@ def build_prompt(
     over_budget = (
         run.max_prompt_tokens is not None and total > run.max_prompt_tokens - prompt_tokens_used
     )
-    tools = _tools(run)
+    tools = functions
     request = ChatRequest(
         model=run.model,
         messages=[*system, *history, *rounds],

@@ -5,7 +5,7 @@ from sqlalchemy import select
 from hal9100.core.pagination import ListParams, paginate
 from hal9100.core.repository import Repository
 from hal9100.db.models import Run, RunStep, Thread
-from hal9100.runs.lifecycle import ACTIVE
+from hal9100.engine.state import ACTIVE
 
 
 class RunRepository(Repository[Run]):

@@ -12,8 +12,8 @@ from hal9100.core.schemas import (
     RequestModel,
     ResponseFormat,
     Temperature,
-    Tool,
     ToolResources,
+    Tools,
     TopP,
 )
 from hal9100.messages.schemas import MessageCreate
@@ -45,7 +45,7 @@ class _RunOptions(RequestModel):
     model: Annotated[str, Field(min_length=1)] | None = None
     reasoning_effort: ReasoningEffort | None = None
     instructions: str | None = None
-    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tools: Tools | None = None
     metadata: Metadata = None
     temperature: Temperature | None = None
     top_p: TopP | None = None

@@ -18,17 +18,15 @@ from hal9100.core.errors import bad_request, not_found
 from hal9100.core.pagination import ListParams, envelope
 from hal9100.core.schemas import ListResponse, dump_json
 from hal9100.db.models import Assistant, Run, RunStep
+from hal9100.engine.state import TERMINAL, terminal_values, transition
 from hal9100.events.base import RunEvent
 from hal9100.messages.service import build_message
 from hal9100.runs.lifecycle import (
-    TERMINAL,
     close_open_work,
     event,
     run_event,
     run_object,
     step_object,
-    terminal_values,
-    transition,
 )
 from hal9100.runs.repository import RunRepository
 from hal9100.runs.schemas import (
@@ -44,6 +42,7 @@ from hal9100.threads.repository import ThreadRepository
 from hal9100.threads.schemas import ThreadCreate
 from hal9100.threads.service import build_thread
 from hal9100.threads.service import to_object as thread_object
+from hal9100.tools.action import restore_redacted
 
 # A cancel re-reads the run and tries again this often when the run changes state under it.
 _CANCEL_ATTEMPTS = 5
@@ -80,7 +79,11 @@ def _new_run(
     include: list[str],
 ) -> Run:
     created = now()
-    tools = dump_json(body.tools) if body.tools is not None else assistant.tools
+    tools = (
+        restore_redacted(dump_json(body.tools), assistant.tools)
+        if body.tools is not None
+        else assistant.tools
+    )
     tool_choice = dump_json(body.tool_choice) if body.tool_choice is not None else "auto"
     if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
         name = (tool_choice.get("function") or {}).get("name")
@@ -332,8 +335,8 @@ async def submit_tool_outputs(
     if step is not None:
         details = dict(step.step_details)
         details["tool_calls"] = [
-            {**call, "function": {**call["function"], "output": outputs.get(call["id"])}}
-            if call.get("type") == "function"
+            {**call, "function": {**call["function"], "output": outputs[call["id"]]}}
+            if call["id"] in outputs
             else call
             for call in details["tool_calls"]
         ]

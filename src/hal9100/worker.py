@@ -1,4 +1,4 @@
-"""The worker: takes runs off the queue and hands them to the executor, and sweeps for runs
+"""The worker: takes runs off the queue and hands them to the engine, and sweeps for runs
 that need attention (expired, or held by a worker that died).
 
 Embedded mode runs one inside the API process; production runs `hal9100 worker` processes.
@@ -21,8 +21,11 @@ from hal9100.config import Settings
 from hal9100.core.clock import now
 from hal9100.db.engine import make_engine, make_sessionmaker
 from hal9100.db.models import Run
-from hal9100.runs.executor import RUNNABLE, RunExecutor
-from hal9100.runs.lifecycle import ACTIVE, close_open_work, run_event, terminal_values, transition
+from hal9100.engine.loop import Engine
+from hal9100.engine.recorder import Execution
+from hal9100.engine.state import ACTIVE, RUNNABLE, terminal_values, transition
+from hal9100.runs.lifecycle import close_open_work, run_event
+from hal9100.runs.recorder import AssistantsRecorder
 from hal9100.runtime import Runtime, connect_runtime
 
 log = logging.getLogger(__name__)
@@ -36,19 +39,24 @@ class Worker:
     def __init__(self, runtime: Runtime, concurrency: int) -> None:
         self.runtime = runtime
         self.concurrency = concurrency
-        self.executor = RunExecutor(
+        self.engine = Engine(
             sessions=runtime.sessions,
             bus=runtime.bus,
             router=runtime.router,
             storage=runtime.storage,
             settings=runtime.settings,
             worker_id=new_worker_id(),
+            recorder=self._recorder,
         )
         self._sweeper: asyncio.Task[None] | None = None
 
+    def _recorder(self, execution: Execution) -> AssistantsRecorder:
+        # Every run is an Assistants run today; the Responses API will add its recorder here.
+        return AssistantsRecorder(execution, self.runtime.storage)
+
     async def start(self) -> None:
         self.runtime.router.warm()
-        await self.runtime.queue.start_consuming(self.executor.execute, self.concurrency)
+        await self.runtime.queue.start_consuming(self.engine.execute, self.concurrency)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="run-sweeper")
 
     async def stop(self) -> None:
@@ -84,7 +92,7 @@ async def run_worker(settings: Settings, concurrency: int) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await worker.start()
-    log.info("worker %s executing up to %d runs at once", worker.executor.worker_id, concurrency)
+    log.info("worker %s executing up to %d runs at once", worker.engine.worker_id, concurrency)
     try:
         await stop.wait()
         log.info("draining: finishing the runs in hand (up to %ss)", settings.drain_seconds)

@@ -1,0 +1,66 @@
+"""A run's execution states and the guarded writes that move it between them, shared by
+the engine, the sweeper and every API that starts, cancels or resumes runs.
+
+Every transition is a guarded UPDATE: it names the states it may leave (and, for an engine,
+the lease epoch it holds), so two processes racing on one run cannot both win.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hal9100.core.clock import now
+from hal9100.db.models import ACTIVE_RUN_STATUSES, Run
+
+# A thread holds at most one run in these states (OpenAI refuses new runs and messages then);
+# they are also the states a run can expire from.
+ACTIVE = ACTIVE_RUN_STATUSES
+# States in which a run has work for an engine.
+RUNNABLE = ("queued", "in_progress", "cancelling")
+TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
+
+
+async def transition(
+    session: AsyncSession,
+    run_id: str,
+    from_statuses: tuple[str, ...],
+    values: dict[str, Any],
+    *,
+    epoch: int | None = None,
+) -> Run | None:
+    """Apply `values` if the run is still in one of `from_statuses` (and at `epoch`, for an
+    engine). Returns the updated run, or None when the guard failed. Does not commit."""
+    query = update(Run).where(Run.id == run_id, Run.status.in_(from_statuses))
+    if epoch is not None:
+        query = query.where(Run.epoch == epoch)
+    # One round trip: the guarded UPDATE hands back the row it changed (SQLite >= 3.35 and
+    # PostgreSQL both support RETURNING).
+    run: Run | None = await session.scalar(
+        query.values(**values).returning(Run).execution_options(populate_existing=True)
+    )
+    return run
+
+
+def terminal_values(status: str, **extra: Any) -> dict[str, Any]:
+    """Column values for entering terminal `status` (timestamps, no pending action)."""
+    values: dict[str, Any] = {
+        "status": status,
+        "required_action": None,
+        "open_calls": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        **extra,
+    }
+    stamp = now()
+    if status == "completed":
+        values["completed_at"] = stamp
+    elif status == "failed":
+        values["failed_at"] = stamp
+    elif status == "cancelled":
+        values["cancelled_at"] = stamp
+    elif status == "incomplete":
+        values["completed_at"] = stamp
+    return values

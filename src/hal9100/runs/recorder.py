@@ -1,0 +1,485 @@
+"""How the Assistants API records what the engine does: the run's steps, the assistant's
+messages on the thread, and the `thread.*` events that stream them.
+
+A model turn's text becomes a message with its `message_creation` step; its tool calls one
+`tool_calls` step, whose calls the server fills in as it runs them (an action's call keeps
+the function shape, its output written by the server) and the client fills in for its own.
+Deltas are streamed and never stored; the finished text is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hal9100.core import ids
+from hal9100.core.clock import now
+from hal9100.db.models import File, Message, Run, RunStep
+from hal9100.engine.recorder import Call, Execution, Prompt, TurnEnd
+from hal9100.events.base import RunEvent
+from hal9100.llm.base import FunctionTool
+from hal9100.messages.repository import MessageRepository
+from hal9100.messages.service import to_object as message_object
+from hal9100.runs.lifecycle import close_open_work, event, run_event, step_object
+from hal9100.runs.prompt import build_prompt, data_url, image_file_ids
+from hal9100.storage.base import ObjectStorage
+
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+# The first token's events leave before its message row is written: an embedded SQLite write
+# runs on the event loop, and would otherwise go first and hold up the stream.
+FIRST_WRITE_DELAY = 0.002
+
+
+@dataclass
+class _Turn:
+    """The objects of the model turn being streamed."""
+
+    message: Message | None = None
+    message_step: RunStep | None = None
+    tool_step: RunStep | None = None
+    text: list[str] = field(default_factory=list)
+    calls: dict[int, Call] = field(default_factory=dict)
+    arguments: dict[int, list[str]] = field(default_factory=dict)
+    # When the message was announced completed because the model went on to tool calls
+    # (it is stored so at the end of the turn, or when the run stops).
+    message_done_at: int | None = None
+    # The message and its step are written while their first events are already on their
+    # way (the first token does not wait for the database); later writes wait for this.
+    persisting: asyncio.Task[None] | None = None
+
+    async def persisted(self) -> None:
+        task, self.persisting = self.persisting, None
+        if task is not None:
+            await task
+
+
+def _tool_call(call: Call) -> dict[str, Any]:
+    return {"id": call.id, **(call.details or call.function_details())}
+
+
+class AssistantsRecorder:
+    def __init__(self, execution: Execution, storage: ObjectStorage) -> None:
+        self.x = execution
+        self.storage = storage
+        self.turn: _Turn | None = None
+        # The step holding the calls of the turn whose server-side calls are being run.
+        self.tool_step: RunStep | None = None
+
+    def run_changed(self, run: Run) -> list[RunEvent]:
+        return [run_event(run)]
+
+    # --- the prompt ------------------------------------------------------------------------
+
+    async def prompt(
+        self,
+        session: AsyncSession,
+        run: Run,
+        *,
+        functions: list[FunctionTool],
+        context_window: int,
+        prompt_tokens_used: int,
+        completion_tokens_left: int | None,
+    ) -> Prompt:
+        messages = await MessageRepository(session).all_in_thread(run.thread_id)
+        steps = list(
+            (
+                await session.scalars(
+                    select(RunStep)
+                    .where(RunStep.run_id == run.id)
+                    .order_by(RunStep.created_at, RunStep.seq)
+                )
+            ).all()
+        )
+        images = await self._images(session, image_file_ids(messages))
+        return build_prompt(
+            run,
+            messages,
+            steps,
+            context_window=context_window,
+            images=images,
+            prompt_tokens_used=prompt_tokens_used,
+            completion_tokens_left=completion_tokens_left,
+            functions=functions,
+        )
+
+    async def _images(self, session: AsyncSession, file_ids: list[str]) -> dict[str, str]:
+        if not file_ids:
+            return {}
+        files = (await session.scalars(select(File).where(File.id.in_(file_ids)))).all()
+        out: dict[str, str] = {}
+        for file in files:
+            if file.bytes > MAX_IMAGE_BYTES:
+                continue
+            try:
+                data = b"".join([chunk async for chunk in self.storage.get(file.storage_key)])
+            except KeyError:
+                continue
+            out[file.id] = data_url(file, data)
+        return out
+
+    async def resumed(self, session: AsyncSession, run: Run) -> None:
+        open_ids = {c["id"] for c in run.open_calls or []}
+        unfinished = (
+            await session.scalars(
+                select(RunStep).where(RunStep.run_id == run.id, RunStep.status == "in_progress")
+            )
+        ).all()
+        for step in unfinished:
+            if step.type == "tool_calls" and open_ids & {
+                c["id"] for c in step.step_details.get("tool_calls", [])
+            }:
+                # Its calls are on record and go on where the dead attempt left them.
+                self.tool_step = step
+                continue
+            if step.type == "message_creation":
+                await session.execute(
+                    delete(Message).where(
+                        Message.id == step.step_details["message_creation"]["message_id"]
+                    )
+                )
+            await session.delete(step)
+
+    # --- a model turn, as it streams -------------------------------------------------------
+
+    async def text(self, run: Run, delta: str) -> None:
+        turn = self.turn = self.turn or _Turn()
+        if turn.message is None:
+            await self._open_message(run, turn)
+        assert turn.message is not None
+        turn.text.append(delta)
+        payload = {
+            "id": turn.message.id,
+            "object": "thread.message.delta",
+            "delta": {
+                "content": [
+                    {"index": 0, "type": "text", "text": {"value": delta, "annotations": []}}
+                ]
+            },
+        }
+        await self.x.publish_one(event("thread.message.delta", payload))
+
+    async def _open_message(self, run: Run, turn: _Turn) -> None:
+        stamp = now()
+        message = Message(
+            id=ids.message_id(),
+            created_at=stamp,
+            thread_id=run.thread_id,
+            status="in_progress",
+            role="assistant",
+            content=[],
+            assistant_id=run.assistant_id,
+            run_id=run.id,
+            attachments=[],
+            metadata_={},
+        )
+        step = RunStep(
+            id=ids.step_id(),
+            created_at=stamp,
+            run_id=run.id,
+            thread_id=run.thread_id,
+            assistant_id=run.assistant_id,
+            type="message_creation",
+            status="in_progress",
+            step_details={
+                "type": "message_creation",
+                "message_creation": {"message_id": message.id},
+            },
+            metadata_={},
+        )
+        turn.message, turn.message_step = message, step
+        step_out = step_object(step)
+        message_out = message_object(message)
+        await self.x.publish(
+            [
+                event("thread.run.step.created", step_out),
+                event("thread.run.step.in_progress", step_out),
+                event("thread.message.created", message_out),
+                event("thread.message.in_progress", message_out),
+            ]
+        )
+        turn.persisting = asyncio.create_task(self.x.insert(message, step, after=FIRST_WRITE_DELAY))
+
+    async def tool_call(self, run: Run, call: Call, name: str | None, arguments: str) -> None:
+        turn = self.turn = self.turn or _Turn()
+        if turn.tool_step is None:
+            await turn.persisted()
+            if turn.message is not None and turn.message_done_at is None:
+                await self._announce_message_done(turn)
+            step = RunStep(
+                id=ids.step_id(),
+                created_at=now(),
+                run_id=run.id,
+                thread_id=run.thread_id,
+                assistant_id=run.assistant_id,
+                type="tool_calls",
+                status="in_progress",
+                step_details={"type": "tool_calls", "tool_calls": []},
+                metadata_={},
+            )
+            await self.x.insert(step)
+            turn.tool_step = step
+            step_out = step_object(step)
+            await self.x.publish(
+                [
+                    event("thread.run.step.created", step_out),
+                    event("thread.run.step.in_progress", step_out),
+                ]
+            )
+        fragment: dict[str, Any] = {"index": call.position, "type": "function"}
+        if call.position not in turn.calls:
+            turn.calls[call.position] = call
+            turn.arguments[call.position] = []
+            fragment["id"] = call.id
+        turn.arguments[call.position].append(arguments)
+        function: dict[str, Any] = {"arguments": arguments, "output": None}
+        if name:
+            function["name"] = name
+        fragment["function"] = function
+        await self._step_delta(turn.tool_step, fragment)
+
+    async def _step_delta(self, step: RunStep, fragment: dict[str, Any]) -> None:
+        payload = {
+            "id": step.id,
+            "object": "thread.run.step.delta",
+            "delta": {"step_details": {"type": "tool_calls", "tool_calls": [fragment]}},
+        }
+        await self.x.publish_one(event("thread.run.step.delta", payload))
+
+    async def _announce_message_done(self, turn: _Turn) -> None:
+        """Text came before tool calls: like OpenAI, close the message and its step before
+        the tool-call step opens (the SDK's helpers expect one open step at a time). Their
+        rows are written at the end of the turn, or by `_keep_partial` if the run stops."""
+        assert turn.message is not None and turn.message_step is not None
+        stamp = turn.message_done_at = now()
+        message, step = turn.message, turn.message_step
+        message.content = [
+            {"type": "text", "text": {"value": "".join(turn.text), "annotations": []}}
+        ]
+        message.status = "completed"
+        message.completed_at = stamp
+        step.status = "completed"
+        step.completed_at = stamp
+        step.usage = None  # the turn's usage goes to its tool-call step
+        await self.x.publish(
+            [
+                event("thread.message.completed", message_object(message)),
+                event("thread.run.step.completed", step_object(step)),
+            ]
+        )
+
+    async def settle(self) -> None:
+        if self.turn is not None:
+            await self.turn.persisted()
+
+    def forget_turn(self) -> None:
+        self.turn = None
+
+    async def end_turn(self, session: AsyncSession, run: Run, end: TurnEnd) -> list[RunEvent]:
+        turn, self.turn = self.turn or _Turn(), None
+        stamp = now()
+        events: list[RunEvent] = []
+        turn_usage = {
+            "prompt_tokens": end.usage.prompt_tokens,
+            "completion_tokens": end.usage.completion_tokens,
+            "total_tokens": end.usage.total_tokens,
+        }
+        if turn.message is not None and turn.message_step is not None:
+            announced = turn.message_done_at is not None
+            # The turn's own objects, written back as plain UPDATEs (no re-read).
+            message, step = turn.message, turn.message_step
+            message.content = [{"type": "text", "text": {"value": end.text, "annotations": []}}]
+            if end.cut_short and not announced:
+                message.status = "incomplete"
+                message.incomplete_at = stamp
+                message.incomplete_details = {"reason": "max_tokens"}
+            else:
+                message.status = "completed"
+                message.completed_at = turn.message_done_at or stamp
+            step.status = "completed"
+            step.completed_at = turn.message_done_at or stamp
+            step.usage = turn_usage if turn.tool_step is None else None
+            await session.execute(
+                update(Message)
+                .where(Message.id == message.id)
+                .values(
+                    content=message.content,
+                    status=message.status,
+                    completed_at=message.completed_at,
+                    incomplete_at=message.incomplete_at,
+                    incomplete_details=message.incomplete_details,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            await session.execute(
+                update(RunStep)
+                .where(RunStep.id == step.id)
+                .values(status=step.status, completed_at=step.completed_at, usage=step.usage)
+                .execution_options(synchronize_session=False)
+            )
+            if not announced:
+                events.append(
+                    event(
+                        "thread.message.completed"
+                        if not end.cut_short
+                        else "thread.message.incomplete",
+                        message_object(message),
+                    )
+                )
+                events.append(event("thread.run.step.completed", step_object(step)))
+        if turn.tool_step is not None:
+            tool_step = turn.tool_step
+            # A turn cut short leaves its calls unsorted and unanswered: arguments cut off
+            # mid-way are not worth running or asking the client to run.
+            calls = [_tool_call(c) for c in end.calls]
+            tool_step.step_details = {"type": "tool_calls", "tool_calls": calls}
+            tool_step.usage = turn_usage
+            if not end.calls_open:
+                tool_step.status = "completed"
+                tool_step.completed_at = stamp
+                events.append(event("thread.run.step.completed", step_object(tool_step)))
+            else:
+                self.tool_step = tool_step
+                # The calls the model must redo are answered at once.
+                for call in end.calls:
+                    if call.kind == "invalid":
+                        events.extend(self._output_delta(tool_step, call))
+            await session.execute(
+                update(RunStep)
+                .where(RunStep.id == tool_step.id)
+                .values(
+                    step_details=tool_step.step_details,
+                    usage=tool_step.usage,
+                    status=tool_step.status,
+                    completed_at=tool_step.completed_at,
+                )
+                .execution_options(synchronize_session=False)
+            )
+        return events
+
+    # --- server-side calls ---------------------------------------------------------------
+
+    def _output_delta(self, step: RunStep, call: Call) -> list[RunEvent]:
+        """A function-shaped call's output, streamed as OpenAI streams step deltas: only what
+        is new (the SDK's accumulator appends every string it is sent again). Other tool
+        types stream their own progress as they run."""
+        details = call.details or call.function_details()
+        if details.get("type") != "function":
+            return []
+        fragment = {
+            "index": call.position,
+            "type": "function",
+            "function": {"output": details["function"].get("output")},
+        }
+        return [
+            event(
+                "thread.run.step.delta",
+                {
+                    "id": step.id,
+                    "object": "thread.run.step.delta",
+                    "delta": {"step_details": {"type": "tool_calls", "tool_calls": [fragment]}},
+                },
+            )
+        ]
+
+    async def call_progress(self, call: Call, fragment: dict[str, Any]) -> None:
+        if self.tool_step is not None:
+            await self._step_delta(self.tool_step, {"index": call.position, **fragment})
+
+    async def call_done(self, session: AsyncSession, call: Call) -> list[RunEvent]:
+        step = self.tool_step
+        if step is None:
+            return []
+        calls = [
+            _tool_call(call) if c.get("id") == call.id else c
+            for c in step.step_details.get("tool_calls", [])
+        ]
+        step.step_details = {"type": "tool_calls", "tool_calls": calls}
+        await session.execute(
+            update(RunStep)
+            .where(RunStep.id == step.id)
+            .values(step_details=step.step_details)
+            .execution_options(synchronize_session=False)
+        )
+        return self._output_delta(step, call)
+
+    async def calls_done(self, session: AsyncSession, calls: list[Call]) -> list[RunEvent]:
+        step, self.tool_step = self.tool_step, None
+        if step is None:
+            return []
+        step.step_details = {"type": "tool_calls", "tool_calls": [_tool_call(c) for c in calls]}
+        step.status = "completed"
+        step.completed_at = now()
+        await session.execute(
+            update(RunStep)
+            .where(RunStep.id == step.id)
+            .values(
+                step_details=step.step_details, status=step.status, completed_at=step.completed_at
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return [event("thread.run.step.completed", step_object(step))]
+
+    # --- the end ---------------------------------------------------------------------------
+
+    async def stopped(
+        self, session: AsyncSession, status: str, last_error: dict[str, Any] | None
+    ) -> list[RunEvent]:
+        await self._keep_partial(session)
+        self.turn = None
+        self.tool_step = None
+        return await close_open_work(session, self.x.run_id, status, last_error)
+
+    async def _keep_partial(self, session: AsyncSession) -> None:
+        """Store what the unfinished turn streamed (text, tool-call fragments) on the message
+        and step it leaves open, which `close_open_work` then closes: the stored objects say
+        what the stream said."""
+        turn = self.turn
+        if turn is None:
+            return
+        text = {"value": "".join(turn.text), "annotations": []}
+        if turn.message is not None and turn.message_done_at is not None:
+            # Announced completed when the tool calls began: store it so.
+            done = {"status": "completed", "completed_at": turn.message_done_at}
+            await session.execute(
+                update(Message)
+                .where(Message.id == turn.message.id, Message.status == "in_progress")
+                .values(content=[{"type": "text", "text": text}], **done)
+                .execution_options(synchronize_session=False)
+            )
+            if turn.message_step is not None:
+                await session.execute(
+                    update(RunStep)
+                    .where(RunStep.id == turn.message_step.id, RunStep.status == "in_progress")
+                    .values(**done)
+                    .execution_options(synchronize_session=False)
+                )
+        elif turn.message is not None and turn.text:
+            await session.execute(
+                update(Message)
+                .where(Message.id == turn.message.id, Message.status == "in_progress")
+                .values(content=[{"type": "text", "text": text}])
+                .execution_options(synchronize_session=False)
+            )
+        if turn.tool_step is not None and turn.calls:
+            calls = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {
+                        "name": c.name,
+                        "arguments": "".join(turn.arguments[position]),
+                        "output": None,
+                    },
+                }
+                for position, c in turn.calls.items()
+            ]
+            await session.execute(
+                update(RunStep)
+                .where(RunStep.id == turn.tool_step.id, RunStep.status == "in_progress")
+                .values(step_details={"type": "tool_calls", "tool_calls": calls})
+                .execution_options(synchronize_session=False)
+            )

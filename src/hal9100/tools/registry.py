@@ -1,0 +1,68 @@
+"""The tools of a run, sorted into what the model is offered and who runs each function.
+
+Function tools are the client's (the run stops at `requires_action` for them); every other
+tool type with an entry in `SERVER_TOOLS` is run by the server. `file_search` and
+`code_interpreter` get their entries with their own issues; until then they are stored and
+returned but offered to the model as nothing, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hal9100.config import Settings
+from hal9100.llm.base import FunctionTool
+from hal9100.tools.action import ActionTool
+from hal9100.tools.base import ServerTool
+
+SERVER_TOOLS: dict[str, Callable[[dict[str, Any], Settings], ServerTool]] = {
+    "action": ActionTool.from_definition,
+}
+
+
+@dataclass(slots=True)
+class Toolset:
+    # Every function the model is offered, the client's first, in the run's order.
+    functions: list[FunctionTool] = field(default_factory=list)
+    # The server-side tool behind each server-side function name.
+    server: dict[str, ServerTool] = field(default_factory=dict)
+
+    @property
+    def names(self) -> set[str]:
+        return {f.name for f in self.functions}
+
+
+def toolset(definitions: list[dict[str, Any]], settings: Settings) -> Toolset:
+    out = Toolset()
+    for definition in definitions:
+        if definition.get("type") == "function":
+            spec = definition["function"]
+            out.functions.append(
+                FunctionTool(
+                    name=spec["name"],
+                    description=spec.get("description"),
+                    parameters=spec.get("parameters"),
+                    strict=spec.get("strict"),
+                )
+            )
+    for definition in definitions:
+        factory = SERVER_TOOLS.get(str(definition.get("type")))
+        if factory is None:
+            continue
+        tool = factory(definition, settings)
+        for function in tool.functions():
+            # Creation refuses a name offered twice; a clash here means the stored tools
+            # predate that check, and the client's function keeps the name.
+            if function.name in out.names:
+                continue
+            out.server[function.name] = tool
+            out.functions.append(
+                FunctionTool(
+                    name=function.name,
+                    description=function.description,
+                    parameters=function.parameters,
+                )
+            )
+    return out
