@@ -187,6 +187,9 @@ def server_env(llm: ScriptedLLM) -> dict[str, str]:
         "HAL9100_API_KEY": "",
         # Action tools in tests call HTTP APIs served on loopback, which is refused otherwise.
         "HAL9100_ACTION_ALLOWED_HOSTS": "127.0.0.1",
+        # A test session keeps a dozen production deployments of four processes each alive,
+        # against one PostgreSQL's 100 connections.
+        "HAL9100_DB_POOL_SIZE": "4",
     }
 
 

@@ -74,6 +74,8 @@ def test_two_objects_run_together_are_never_guessed(
         ('{"a": 1, "b": true, "c": null', {"a": 1, "b": True, "c": None}),
         ('```json\n{"city": "Paris"}\n```', {"city": "Paris"}),
         ('{"q": "a \\"quoted\\" word"', {"q": 'a "quoted" word'}),
+        ('{"price": 1.50, "n": -3,}', {"price": 1.5, "n": -3}),
+        ("{'ok': True, 'none': None}", {"ok": True, "none": None}),
     ],
 )
 def test_unambiguous_repairs(raw: str, expected: dict[str, object]) -> None:
@@ -94,6 +96,14 @@ def test_unambiguous_repairs(raw: str, expected: dict[str, object]) -> None:
         "Paris",
         '{"a": 1}{"a": 2}',
         "{city: New York}",
+        # Reviewed cases where a repair would change the meaning.
+        '{"zip": 02134}',
+        '{"filter": {"status": "open", "limit": 5}',
+        '{"ids": [1, 2, "name": "x"}',
+        '{"a": ["x" "y"]}',
+        '{"flag": yes,}',
+        '{"x": NaN}',
+        '{"a": "b" "c": 2}',
     ],
 )
 def test_ambiguous_or_not_an_object_is_refused(raw: str) -> None:

@@ -84,6 +84,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(200, body.encode(), "application/json")
         elif parts.path.startswith("/broken/"):
             self._answer(500, b"upstream exploded")
+        elif parts.path.startswith("/binary/"):
+            # What a PNG or a PDF holds: NUL bytes and bytes that are no UTF-8.
+            self._answer(200, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "image/png")
         elif parts.path.startswith("/slow/"):
             time.sleep(SLOW_SECONDS)
             self._answer(200, b"too late")
@@ -149,6 +152,7 @@ def weather_spec(url: str) -> dict[str, Any]:
             },
             "/broken/{key}": _get("getBroken"),
             "/slow/{key}": _get("getSlow"),
+            "/binary/{key}": _get("getBinary"),
         },
     }
 
@@ -523,7 +527,12 @@ def test_corrections_bounded(sdk: openai.OpenAI, scripted_llm: ScriptedLLM) -> N
     assert "no function named" in run.last_error.message
     # Three corrections, then the fourth bad call fails the run: four model calls.
     assert len(requests_with(scripted_llm, tag)) == 4
-    assert len(steps_of(sdk, run)) == 4
+    steps = steps_of(sdk, run)
+    assert len(steps) == 4
+    # The turn that failed the run spent tokens too: all four are in the run's usage.
+    assert run.usage is not None
+    spent = sum(step.usage.completion_tokens for step in steps if step.usage is not None)
+    assert run.usage.completion_tokens > spent > 0
 
 
 def test_no_corrections_hand_unknown_names_to_the_client(deploy: DeployFactory, mode: str) -> None:
@@ -678,3 +687,19 @@ def test_api_failures_are_outputs(sdk: openai.OpenAI, upstream: Upstream) -> Non
     assert answer_of(sdk, run) == (
         f"Tool results: {broken['output']}; {slow['output']}; {remote['output']}"
     )
+
+
+def test_binary_answer_is_stored_as_text(sdk: openai.OpenAI, upstream: Upstream) -> None:
+    # NUL and bytes that are no UTF-8 reach the model as replacement characters; stored as
+    # they came, PostgreSQL would refuse the step (and the GET be made again and again).
+    key = marker()
+    run = run_polled(
+        sdk, [action(weather_spec(upstream.base))], f'[[call:getBinary {{"key": "{key}"}}]]'
+    )
+    assert run.status == "completed", run.last_error
+    assert len(upstream.requests_for(key)) == 1
+    tool_step, _ = steps_of(sdk, run)
+    (call,) = tool_calls(tool_step)
+    output = call["function"]["output"]
+    assert output.startswith("HTTP 200 OK\n\ufffdPNG"), output
+    assert "\x00" not in output

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     s3_bucket_name: str = Field(default="hal9100", validation_alias="S3_BUCKET_NAME")
     s3_region: str = Field(default="us-east-1", validation_alias="S3_REGION")
 
+    # PostgreSQL connections each process keeps open (and as many more at peaks): size it so
+    # that (API processes + workers) x 2 x this stays under the server's max_connections.
+    db_pool_size: int = Field(default=10, ge=1, validation_alias="HAL9100_DB_POOL_SIZE")
+
     # --- LLM backends ---
     model_url: str | None = Field(default=None, validation_alias="MODEL_URL")
     model_api_key: str | None = Field(default=None, validation_alias="MODEL_API_KEY")

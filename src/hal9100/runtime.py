@@ -195,7 +195,7 @@ def make_router(settings: Settings) -> ModelRouter:
 
 async def build_runtime(settings: Settings) -> Runtime:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.sqlalchemy_url)
+    engine = make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
     return Runtime(
         settings=settings,
         engine=engine,

@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 # Executions of one run that may end in an unexpected error in a row (a bug, a storage
 # outage) before the run fails instead of being dispatched, and its model called, again.
 MAX_FAILED_EXECUTIONS = 3
+# Server-side calls of one run made at once (a model may ask for a hundred in one turn).
+MAX_PARALLEL_CALLS = 8
 
 
 def _outage(exc: BaseException) -> bool:
@@ -87,9 +89,11 @@ class Stop(Exception):
 class _Failed(Exception):
     """The run fails for a reason of its own (not the model server's)."""
 
-    def __init__(self, last_error: dict[str, Any]) -> None:
+    def __init__(self, last_error: dict[str, Any], usage: dict[str, int] | None = None) -> None:
         super().__init__(last_error["message"])
         self.last_error = last_error
+        # The run's usage with the turn that failed it, when a turn did.
+        self.usage = usage
 
 
 @dataclass
@@ -184,6 +188,7 @@ class _Job:
         self.released = False
         # Turns of this execution whose server-side calls the server ran.
         self.server_rounds = 0
+        self.parallel_calls = asyncio.Semaphore(MAX_PARALLEL_CALLS)
 
     async def publish(self, events: list[RunEvent]) -> None:
         for item in events:
@@ -247,7 +252,8 @@ class _Job:
                 return
             except _Failed as failed:
                 log.warning("run %s failed: %s", self.run_id, failed.last_error["message"])
-                await self._finish("failed", last_error=failed.last_error)
+                extra = {"usage": failed.usage} if failed.usage is not None else {}
+                await self._finish("failed", last_error=failed.last_error, extra=extra)
                 return
 
     async def _start(self, run: Run, started: bool) -> Run | None:
@@ -266,6 +272,16 @@ class _Job:
             await self._finish("expired")
             return None
         async with self.x.sessions() as session:
+            # Hold the run's row first (on PostgreSQL a row lock, which a newer claim waits
+            # for): a worker that stalled past its lease must not delete its successor's work.
+            held = await session.execute(
+                update(Run)
+                .where(Run.id == self.run_id, Run.epoch == self.epoch)
+                .values(epoch=Run.epoch)
+            )
+            if not getattr(held, "rowcount", 0):
+                await session.rollback()
+                raise LeaseLost
             # A worker that died mid-turn left its half-written answer: drop it, the turn is
             # redone from the last completed step, so no answer is ever stored twice.
             await self.rec.resumed(session, run)
@@ -468,6 +484,7 @@ class _Job:
                             f"not be used (more than HAL9100_TOOL_CALL_CORRECTIONS={limit}); "
                             f"the last: {bad.output}",
                         },
+                        usage,
                     )
                 values["corrections"] = corrections
             if any(c.kind != "client" for c in calls):
@@ -503,6 +520,7 @@ class _Job:
             )
             events = await self.rec.end_turn(session, updated, end)
             await session.commit()
+        self.rec.forget_turn()
         self.streaming = False
         self.released = updated.lease_owner is None
         if updated.status != "in_progress":
@@ -556,7 +574,14 @@ class _Job:
         for call in calls:
             if call.kind != "server" or call.state == "done":
                 continue
-            tool = tools.server[call.name]
+            tool = tools.server.get(call.name)
+            if tool is None:
+                # The run's tools no longer offer it (the server was upgraded between the
+                # turn and now): the model hears so, and goes on.
+                output = f"Error: the function {call.name} is no longer available. Nothing was run."
+                call.output = output
+                await self._call_done(call, ToolOutput(output, call.function_details()), calls)
+                continue
             arguments = _arguments(call)
             if call.state == "running" and not tool.repeatable(call.name, arguments):
                 # Its worker died while it was being made: it may have taken effect.
@@ -588,6 +613,10 @@ class _Job:
         return await self._calls_answered(calls)
 
     async def _call(self, run: Run, call: Call, tool: ServerTool) -> ToolOutput:
+        async with self.parallel_calls:
+            return await self._call_now(run, call, tool)
+
+    async def _call_now(self, run: Run, call: Call, tool: ServerTool) -> ToolOutput:
         async def progress(fragment: dict[str, Any]) -> None:
             await self.rec.call_progress(call, fragment)
 
@@ -609,13 +638,15 @@ class _Job:
             return ToolOutput(call.output, call.function_details())
 
     async def _call_done(self, call: Call, result: ToolOutput, calls: list[Call]) -> None:
-        details = result.details
+        # What a tool read from elsewhere (an API's body) may hold NUL or lone surrogates,
+        # which no database stores.
+        details = _storable(result.details)
         if details.get("type") == "function":
-            # The call as the model made it (and as it was streamed), not as the tool
-            # re-serialized its arguments.
+            # The call as the turn stored it (the model's arguments, repaired if they were),
+            # not as the tool re-serialized them.
             function = {**details["function"], "name": call.name, "arguments": call.arguments}
             details = {**details, "function": function}
-        call.state, call.output, call.details = "done", result.output, details
+        call.state, call.output, call.details = "done", storable(result.output), details
         async with self.x.sessions() as session:
             await self._fence(session, {"open_calls": [c.dump() for c in calls]})
             events = await self.rec.call_done(session, call)
@@ -650,9 +681,15 @@ class _Job:
 
     # --- stopping ------------------------------------------------------------------------
 
-    async def _finish(self, status: str, *, last_error: dict[str, Any] | None = None) -> None:
+    async def _finish(
+        self,
+        status: str,
+        *,
+        last_error: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         """End the run as cancelled, expired or failed, closing whatever it left open."""
-        extra: dict[str, Any] = {}
+        extra = dict(extra or {})
         if last_error is not None:
             # Error messages quote what servers sent.
             last_error = {**last_error, "message": storable(last_error["message"])}
@@ -740,6 +777,16 @@ class _Job:
             f"the last time: {detail[:300]}",
         }
         await self._finish("failed", last_error=last_error)
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {key: _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
 
 
 def _arguments(call: Call) -> dict[str, Any]:

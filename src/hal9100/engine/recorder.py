@@ -133,7 +133,7 @@ class Recorder(Protocol):
         ...
 
     def forget_turn(self) -> None:
-        """What the turn streamed cannot be stored (`stopped` then skips it)."""
+        """The turn is stored, or what it streamed cannot be (`stopped` then skips it)."""
         ...
 
     # --- server-side calls ---------------------------------------------------------------

@@ -4,6 +4,7 @@ rounds, fitted to the context window and to the run's token budget."""
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 from hal9100.db.models import File, Message, Run, RunStep
@@ -104,10 +105,21 @@ def _replayed(call: dict[str, Any]) -> tuple[ToolCall, str] | None:
     the server's (an action's operation), share the function shape."""
     if call.get("type") == "function":
         function = call["function"]
-        return ToolCall(call["id"], function["name"], function["arguments"]), (
-            function.get("output") or ""
-        )
+        arguments = function["arguments"]
+        if not _json_object(arguments):
+            # A call the model got wrong keeps what it wrote in the step; replayed, its
+            # output says what was wrong. Servers that parse history arguments (vLLM's chat
+            # templates do) would refuse the whole prompt over it.
+            arguments = "{}"
+        return ToolCall(call["id"], function["name"], arguments), (function.get("output") or "")
     return None
+
+
+def _json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def _run_rounds(steps: list[RunStep], own_messages: dict[str, Message]) -> list[ChatMessage]:

@@ -279,7 +279,7 @@ class AssistantsRecorder:
         self.turn = None
 
     async def end_turn(self, session: AsyncSession, run: Run, end: TurnEnd) -> list[RunEvent]:
-        turn, self.turn = self.turn or _Turn(), None
+        turn = self.turn or _Turn()
         stamp = now()
         events: list[RunEvent] = []
         turn_usage = {
@@ -392,7 +392,7 @@ class AssistantsRecorder:
     async def call_done(self, session: AsyncSession, call: Call) -> list[RunEvent]:
         step = self.tool_step
         if step is None:
-            return []
+            raise RuntimeError(f"no open tool step holds call {call.id}")
         calls = [
             _tool_call(call) if c.get("id") == call.id else c
             for c in step.step_details.get("tool_calls", [])
@@ -409,7 +409,7 @@ class AssistantsRecorder:
     async def calls_done(self, session: AsyncSession, calls: list[Call]) -> list[RunEvent]:
         step, self.tool_step = self.tool_step, None
         if step is None:
-            return []
+            raise RuntimeError("no open tool step holds the turn's calls")
         step.step_details = {"type": "tool_calls", "tool_calls": [_tool_call(c) for c in calls]}
         step.status = "completed"
         step.completed_at = now()
