@@ -9,9 +9,12 @@ that tests listing every assistant through the validating SDK never meet them.
 
 from __future__ import annotations
 
+import functools
+import gzip
 import json
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -24,6 +27,7 @@ import yaml
 from conftest import DeployFactory
 from hal9100.config import Settings
 from hal9100.tools.action import REDACTED, ActionTool, refusal
+from hal9100.tools.action.spec import SAFE_LOADER
 from hal9100.tools.base import ToolContext
 
 SECRET = "Bearer sk-very-secret"
@@ -197,6 +201,8 @@ HEADERS = "tools[0].data.headers"
         (make_spec(), {"Bad Header": "x"}, HEADERS, "not a valid HTTP header name"),
         (make_spec(), {"X-Key": "a\r\nInjected: 1"}, HEADERS, "not a valid HTTP header value"),
         (make_spec(), {"Host": "evil.example"}, HEADERS, "set by the server"),
+        (make_spec(), {"X-Key": " Injected"}, HEADERS, "no leading or trailing spaces or tabs"),
+        (make_spec(), {"X-Key": "Injected\t"}, HEADERS, "no leading or trailing spaces or tabs"),
     ],
 )
 def test_invalid_tools_refused_with_param_and_reason(
@@ -221,6 +227,50 @@ def test_refused_on_update_and_on_runs(api: httpx.Client) -> None:
     run = api.post("/v1/threads/runs", json={"assistant_id": assistant["id"], "tools": bad})
     assert run.status_code == 400
     assert run.json()["error"]["param"] == "tools[1].data.openapi_spec"
+
+
+def test_specs_of_a_request_limited_in_total(api: httpx.Client) -> None:
+    # Each is within the deployment's 20000 bytes; the third one takes the total past it.
+    def spec(prefix: str) -> dict[str, Any]:
+        made = make_spec(**{"x-padding": "x" * 8000})
+        for op in ("get", "post"):
+            path = "/pets/{pet_id}" if op == "get" else "/pets"
+            made["paths"][path][op]["operationId"] = f"{prefix}_{op}"
+        return made
+
+    assert create_assistant(api, [action(spec("a"))]).status_code == 200
+    tools = [{"type": "code_interpreter"}, action(spec("a")), action(spec("b"))]
+    answer = create_assistant(api, [*tools, action(spec("c"))])
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "tools[3]", error
+    assert "more than the 20000 accepted across one request's tools" in error["message"]
+    assert create_assistant(api, tools).status_code == 200
+
+
+def test_yaml_read_with_libyaml_when_available() -> None:
+    # The pure-Python loader takes seconds for a spec of a megabyte, on the event loop.
+    assert SAFE_LOADER is (yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader)
+
+
+def test_tool_choice_may_name_an_action_operation(api: httpx.Client) -> None:
+    assistant = create_assistant(api, [action(make_spec())]).json()
+
+    def run(name: str) -> httpx.Response:
+        choice = {"type": "function", "function": {"name": name}}
+        return api.post(
+            "/v1/threads/runs", json={"assistant_id": assistant["id"], "tool_choice": choice}
+        )
+
+    accepted = run("addPet")
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["tool_choice"] == {"type": "function", "function": {"name": "addPet"}}
+    created = accepted.json()
+    api.post(f"/v1/threads/{created['thread_id']}/runs/{created['id']}/cancel")
+    refused = run("removePet")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "tool_choice"
+    assert "'removePet' is not among the run's tools" in refused.json()["error"]["message"]
 
 
 # --- redaction --------------------------------------------------------------------------------
@@ -316,6 +366,19 @@ def test_headers_redacted_in_run_objects(api: httpx.Client) -> None:
         "http://255.255.255.255/",
         "http://localhost:8080/",
         "http://api.localhost/",
+        # Special-purpose ranges Python 3.11's flags call global.
+        "http://[fec0::1]/",
+        "http://192.0.0.8/",
+        "http://192.88.99.1/",
+        "http://[3fff::1]/",
+        "http://[::ffff:192.0.0.8]/",
+        # Flagged by Python, listed too.
+        "http://198.18.0.1/",
+        "http://198.19.255.254/",
+        "http://[2001:db8::1]/",
+        "http://192.0.2.1/",
+        "http://203.0.113.7/",
+        "http://240.0.0.1/",
     ],
 )
 def test_non_public_addresses_refused(url: str) -> None:
@@ -342,6 +405,10 @@ def test_public_addresses_allowed() -> None:
     assert refusal("http://8.8.8.8/") is None
     assert refusal("https://[2606:4700::1111]/") is None
     assert refusal("http://[64:ff9b::808:808]/") is None
+    # Next to special-purpose ranges, outside them.
+    assert refusal("http://192.0.1.1/") is None
+    assert refusal("http://198.20.0.1/") is None
+    assert refusal("http://[2001:db9::1]/") is None
 
 
 def test_allowed_hosts_override() -> None:
@@ -400,10 +467,36 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(307, b"", {"Location": f"http://localhost:{port}/echo"})
         elif route == "/missing":
             self._answer(404, b'{"error": "no such pet"}')
+        elif route == "/hangup":
+            # Read the request, then close without a word.
+            self.close_connection = True
+        elif route == "/gzip-bomb":
+            self._answer(200, gzip_bomb(), {"Content-Encoding": "gzip"})
+        elif route == "/gzip-small":
+            self._answer(200, gzip.compress(b"small and gzipped"), {"Content-Encoding": "gzip"})
+        elif route == "/deflate":
+            self._answer(200, zlib.compress(b"zlib deflated"), {"Content-Encoding": "deflate"})
+        elif route == "/raw-deflate":
+            raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+            payload = raw.compress(b"raw deflated") + raw.flush()
+            self._answer(200, payload, {"Content-Encoding": "deflate"})
+        elif route == "/gzip-gzip":
+            payload = gzip.compress(gzip.compress(b"twice"))
+            self._answer(200, payload, {"Content-Encoding": "gzip, gzip"})
+        elif route == "/br":
+            self._answer(200, b"\x0b\x02\x80hello\x03", {"Content-Encoding": "br"})
+        elif route == "/bad-gzip":
+            self._answer(200, b"\x1f\x8bnot really gzip", {"Content-Encoding": "gzip"})
         else:
             self._answer(200, json.dumps(record).encode(), {"Content-Type": "application/json"})
 
     do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    # 50 MB of one byte, about 50 kB on the wire.
+    return gzip.compress(b"a" * 50_000_000, compresslevel=9)
 
 
 class QuietServer(ThreadingHTTPServer):
@@ -433,12 +526,19 @@ def call_spec(base: str) -> dict[str, Any]:
         "parameters": [{"name": "pet_id", "in": "path", "required": True, "schema": {}}],
         "responses": {"200": {"description": "ok"}},
     }
-    for name in ("big", "slow", "loop", "to-metadata", "to-localhost", "missing"):
+    names = ["big", "slow", "loop", "to-metadata", "to-localhost", "missing", "hangup"]
+    names += ["gzip-bomb", "gzip-small", "deflate", "raw-deflate", "gzip-gzip", "br", "bad-gzip"]
+    for name in names:
         paths[f"/{name}"] = {
             "get": {
                 "operationId": name.replace("-", "_"),
                 "responses": {"200": {"description": "ok"}},
             }
+        }
+    for name in ("slow", "hangup"):
+        paths[f"/{name}"]["post"] = {
+            "operationId": f"post_{name}",
+            "responses": {"200": {"description": "ok"}},
         }
     return spec
 
@@ -496,7 +596,10 @@ async def test_get_with_path_query_and_header_params(upstream: tuple[str, list[A
     assert record["path"] == "/api/pets/a%20b%2Fc"
     assert record["query"] == {"fields": ["name,age"]}
     assert record["headers"]["x-trace"] == "t-1"
-    assert record["headers"]["authorization"] == SECRET
+    # Sent; but the echo of it in the answer is scrubbed before the model reads it.
+    assert seen[-1]["headers"]["authorization"] == SECRET
+    assert record["headers"]["authorization"] == REDACTED
+    assert "sk-very-secret" not in result.output
     assert record["headers"]["host"] == base
     assert result.details == {
         "type": "function",
@@ -613,6 +716,109 @@ async def test_connects_to_the_checked_address_with_the_real_host(
     assert seen[-1]["headers"]["host"] == f"localhost:{port}"
 
 
+async def test_path_arguments_of_only_dots_are_refused(upstream: tuple[str, list[Any]]) -> None:
+    # `/pets/..` would be sent as `/` (dot segments are removed), with data.headers.
+    base, seen = upstream
+    tool = make_tool(base)
+    before = len(seen)
+    for value in ("..", ".", "..."):
+        result = await tool.call("getPet", {"pet_id": value}, ctx())
+        assert f"argument pet_id may not be '{value}'" in result.output
+        assert result.output.endswith("Nothing was sent.")
+    assert len(seen) == before
+    fine = await tool.call("getPet", {"pet_id": "..a"}, ctx())
+    assert fine.output.startswith("HTTP 200 OK\n")
+    assert seen[-1]["path"] == "/api/pets/..a"
+
+
+async def test_header_values_never_leak_into_outputs(upstream: tuple[str, list[Any]]) -> None:
+    base, seen = upstream
+    tool = make_tool(base)
+    padded = await tool.call("getPet", {"pet_id": "1", "X-Trace": " t-1"}, ctx())
+    assert "no leading or trailing spaces or tabs" in padded.output
+    assert padded.output.endswith("Nothing was sent.")
+    # A value HTTP refuses, as stored before such values were refused: h11's error quotes it,
+    # and the output gives fixed words instead.
+    secret = "sk-padded-secret"
+    stored = action(call_spec(base), {"Authorization": f"Bearer {secret} "})
+    config = Settings(action_allowed_hosts=[base])
+    before = len(seen)
+    result = await ActionTool.from_definition(stored, config).call("getPet", {"pet_id": "1"}, ctx())
+    assert "could not be written as valid HTTP" in result.output, result.output
+    assert "Nothing was sent." in result.output
+    assert secret not in result.output and secret not in json.dumps(result.details)
+    assert len(seen) == before
+
+
+async def test_compressed_answers_are_decoded_under_the_cap(
+    upstream: tuple[str, list[Any]],
+) -> None:
+    tool = make_tool(upstream[0], action_max_response_bytes=1000)
+    # 50 MB once inflated: only as much as the cap is ever decoded.
+    bomb = await tool.call("gzip_bomb", {}, ctx())
+    assert bomb.output == "HTTP 200 OK\n" + "a" * 1000 + (
+        "\n[response cut: only its first 1000 bytes were read]"
+    )
+    default = await make_tool(upstream[0]).call("gzip_bomb", {}, ctx())
+    assert default.output.endswith(
+        "[response cut: only its first 1048576 bytes were read]\n"
+        "[response cut: showing 20000 of 1048576 characters]"
+    )
+    for name, text in [
+        ("gzip_small", "small and gzipped"),
+        ("deflate", "zlib deflated"),
+        ("raw_deflate", "raw deflated"),
+    ]:
+        assert (await tool.call(name, {}, ctx())).output == f"HTTP 200 OK\n{text}"
+    # An answer that fits exactly is not cut.
+    exact = await make_tool(upstream[0], action_max_response_bytes=17).call("gzip_small", {}, ctx())
+    assert exact.output == "HTTP 200 OK\nsmall and gzipped"
+    for name, encoding in [("gzip_gzip", "gzip, gzip"), ("br", "br")]:
+        refused = await tool.call(name, {}, ctx())
+        assert refused.output == (
+            f"HTTP 200 OK\nThe answer's body was not read: its Content-Encoding is "
+            f"'{encoding}', and only identity or one gzip or deflate layer is read."
+        )
+    broken = await tool.call("bad_gzip", {}, ctx())
+    assert broken.output == (
+        "HTTP 200 OK\n\n[the rest of the answer could not be read: its gzip data is invalid]"
+    )
+
+
+async def test_a_post_without_an_answer_has_an_unknown_outcome(
+    upstream: tuple[str, list[Any]],
+) -> None:
+    base, seen = upstream
+    tool = make_tool(base, action_timeout=0.5)
+    before = len(seen)
+    slow = await tool.call("post_slow", {}, ctx())
+    assert len(seen) == before + 1
+    assert slow.output == (
+        f"Outcome unknown: the request POST http://{base}/api/slow was sent, but no answer "
+        "came within 0.5 s. It may or may not have taken effect; it was not retried; check "
+        "before calling it again."
+    )
+    hangup = await tool.call("post_hangup", {}, ctx())
+    assert hangup.output.startswith("Outcome unknown: the request POST ")
+    assert "the server closed the connection or did not answer in valid HTTP" in hangup.output
+    # An idempotent call can just be made again: a plain failure.
+    get = await tool.call("hangup", {}, ctx())
+    assert get.output == (
+        f"The request GET http://{base}/api/hangup failed: the server closed the connection "
+        "or did not answer in valid HTTP."
+    )
+    assert "timed out" in (await tool.call("slow", {}, ctx())).output
+    # Nothing reached a server: a plain failure, whatever the method.
+    closed = ActionTool.from_definition(
+        action(call_spec("127.0.0.1:9")), Settings(action_allowed_hosts=["127.0.0.1:9"])
+    )
+    refused = await closed.call("addPet", {"body": {"name": "Rex"}}, ctx())
+    assert refused.output == (
+        "The request POST http://127.0.0.1:9/api/pets failed: could not connect (refused, "
+        "unreachable, or the TLS handshake failed). Nothing was sent."
+    )
+
+
 def test_unknown_outcome(upstream: tuple[str, list[Any]]) -> None:
     tool = make_tool(upstream[0])
     result = tool.unknown_outcome("addPet", {"body": {"name": "Rex"}})
@@ -707,3 +913,16 @@ def test_more_than_128_functions_in_all_are_refused(api: httpx.Client) -> None:
     assert error["param"] == "tools[1]", error
     assert "more than 128 functions" in error["message"], error
     assert create_assistant(api, [action(spec("a", 100)), action(spec("b", 28))]).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["Host", "content-length", "Transfer-Encoding", "Connection"])
+def test_header_parameters_the_server_sets_are_refused(api: httpx.Client, name: str) -> None:
+    spec = make_spec()
+    spec["paths"]["/pets/{pet_id}"]["get"]["parameters"].append(
+        {"name": name, "in": "header", "schema": {"type": "string"}}
+    )
+    answer = create_assistant(api, [action(spec)])
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "tools[0].data.openapi_spec", error
+    assert f"header parameter '{name}' is set by the server" in error["message"], error

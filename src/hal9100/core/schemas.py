@@ -5,7 +5,15 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Union, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+)
 
 T = TypeVar("T")
 
@@ -195,13 +203,40 @@ def _check_function_names(tools: list[Any]) -> list[Any]:
     return tools
 
 
+def _check_action_spec_total(tools: Any) -> Any:
+    """Before the tools are read: each action spec is parsed as its tool is, so the limit on
+    their total size must apply before the first one is."""
+    from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
+    from hal9100.tools.action.spec import over_total_spec_bytes
+
+    over = over_total_spec_bytes(tools)
+    if over is not None:
+        index, total, limit = over
+        error = PydanticCustomError(
+            "value_error",
+            "with this tool, the action specs add up to {total} bytes, more than the {limit} "
+            "accepted across one request's tools (HAL9100_ACTION_MAX_SPEC_BYTES)",
+            {"total": total, "limit": limit},
+        )
+        raise ValidationError.from_exception_data(
+            "tools", [InitErrorDetails(type=error, loc=(index,), input=tools[index])]
+        )
+    return tools
+
+
 # The functions one chat-completions request may offer (OpenAI's limit, which
 # OpenAI-compatible servers copy).
 MAX_FUNCTIONS = 128
 
 
 # A request's `tools`; OpenAI takes at most 128.
-Tools = Annotated[list[Tool], Field(max_length=128), AfterValidator(_check_function_names)]
+Tools = Annotated[
+    list[Tool],
+    Field(max_length=128),
+    BeforeValidator(_check_action_spec_total),
+    AfterValidator(_check_function_names),
+]
 
 
 class CodeInterpreterResources(RequestModel):

@@ -43,6 +43,7 @@ from hal9100.threads.schemas import ThreadCreate
 from hal9100.threads.service import build_thread
 from hal9100.threads.service import to_object as thread_object
 from hal9100.tools.action import restore_redacted
+from hal9100.tools.action.spec import function_names
 
 # A cancel re-reads the run and tries again this often when the run changes state under it.
 _CANCEL_ATTEMPTS = 5
@@ -87,8 +88,8 @@ def _new_run(
     tool_choice = dump_json(body.tool_choice) if body.tool_choice is not None else "auto"
     if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
         name = (tool_choice.get("function") or {}).get("name")
-        names = {t["function"]["name"] for t in tools if t.get("type") == "function"}
-        if name not in names:
+        # Function tools and action tools' operations: the model calls both by name.
+        if name not in function_names(tools):
             raise bad_request(
                 f"Invalid 'tool_choice': the function '{name}' is not among the run's tools.",
                 "tool_choice",

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from hal9100.tools.action import net
+from hal9100.tools.action.spec import IDEMPOTENT
 
 if TYPE_CHECKING:
     from hal9100.config import Settings
@@ -32,6 +34,22 @@ class CallRequest:
     body: Any = None
 
 
+@dataclass(slots=True)
+class _Progress:
+    """How far a call got, for the words of a failure."""
+
+    # Some hop's request headers were written whole: from then on the server may act on it.
+    sent: bool = False
+    # The final answer once its head arrived, and its (decoded) body read so far.
+    response: httpx.Response | None = None
+    data: bytearray = field(default_factory=bytearray)
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        # httpcore's `trace` extension: http11.send_request_headers.complete and the like.
+        if event.endswith("send_request_headers.complete"):
+            self.sent = True
+
+
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port or net.DEFAULT_PORTS.get(url.scheme)
 
@@ -44,23 +62,71 @@ def _host_header(url: httpx.URL) -> str:
 async def send(request: CallRequest, settings: Settings, budget: float) -> str:
     """The call's outcome as the model reads it: "HTTP <status> <reason>\\n<body>" or why
     there is none."""
-    shown = f"{request.method} {request.url}"
     timeout = httpx.Timeout(budget, connect=min(settings.action_connect_timeout, budget))
+    progress = _Progress()
     try:
         async with (
             asyncio.timeout(budget),
             httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=timeout) as client,
         ):
-            return await _exchange(client, request, settings)
-    except (TimeoutError, httpx.TimeoutException):
+            return await _exchange(client, request, settings, progress)
+    except (TimeoutError, httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, ValueError) as exc:
+        return _failure(request, settings, budget, progress, exc)
+
+
+def _what_failed(exc: BaseException) -> str:
+    """Fixed words per kind of failure, never the exception's text: h11's quotes the header
+    value it refuses (a secret maybe), and these outputs go to the model and are stored."""
+    if isinstance(exc, httpx.ConnectError):
+        return "could not connect (refused, unreachable, or the TLS handshake failed)"
+    if isinstance(exc, httpx.WriteError):
+        return "the connection failed while the request was being sent"
+    if isinstance(exc, httpx.ReadError):
+        return "the connection failed while the answer was awaited"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the server closed the connection or did not answer in valid HTTP"
+    if isinstance(exc, httpx.LocalProtocolError):
+        return "the request could not be written as valid HTTP (a header is not allowed)"
+    if isinstance(exc, httpx.DecodingError):
+        return "the answer could not be decoded"
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return "its URL cannot be called"
+    return f"an error of type {type(exc).__name__}"
+
+
+def _failure(
+    request: CallRequest,
+    settings: Settings,
+    budget: float,
+    progress: _Progress,
+    exc: BaseException,
+) -> str:
+    timed_out = isinstance(exc, TimeoutError | httpx.TimeoutException)
+    if progress.response is not None:
+        # Only the run's budget ends a body's read out here; other failures are noted by _read.
+        note = (
+            f"[the rest of the answer did not come within {budget:g} s]"
+            if timed_out
+            else f"[the rest of the answer could not be read: {_what_failed(exc)}]"
+        )
+        return _render(progress.response, progress.data, settings, [note])
+    shown = f"{request.method} {request.url}"
+    if progress.sent and request.method not in IDEMPOTENT:
+        # Calling it again could do twice what the API does once (e.g. place an order).
+        what = f"no answer came within {budget:g} s" if timed_out else _what_failed(exc)
+        return (
+            f"Outcome unknown: the request {shown} was sent, but {what}. It may or may not "
+            "have taken effect; it was not retried; check before calling it again."
+        )
+    if timed_out:
         return f"The request {shown} timed out (no complete answer within {budget:g} s)."
-    except httpx.ConnectError as exc:
-        return f"The request {shown} failed: could not connect ({exc or type(exc).__name__})."
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        return f"The request {shown} failed: {exc or type(exc).__name__}."
+    nothing = "" if progress.sent else " Nothing was sent."
+    return f"The request {shown} failed: {_what_failed(exc)}.{nothing}"
 
 
-async def _exchange(client: httpx.AsyncClient, request: CallRequest, settings: Settings) -> str:
+async def _exchange(
+    client: httpx.AsyncClient, request: CallRequest, settings: Settings, progress: _Progress
+) -> str:
     origin = _origin(request.url)
     url, method, has_body, body = request.url, request.method, request.has_body, request.body
     for hop in range(MAX_REDIRECTS + 1):
@@ -75,10 +141,12 @@ async def _exchange(client: httpx.AsyncClient, request: CallRequest, settings: S
             for name, value in request.secret_headers.items():
                 headers[name] = value
         headers["Host"] = _host_header(url)
-        # Asking for no compression keeps the read cap a cap on what is decoded too.
+        # Only a request: _read decodes what is sent anyway (one gzip or deflate), under the cap.
         headers["Accept-Encoding"] = "identity"
-        # TLS verifies the real name while the connection goes to the checked address.
-        extensions: dict[str, Any] = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        extensions: dict[str, Any] = {"trace": progress.trace}
+        if url.scheme == "https":
+            # TLS verifies the real name while the connection goes to the checked address.
+            extensions["sni_hostname"] = url.host
         content = json.dumps(body).encode("utf-8") if has_body else None
         if has_body:
             headers["Content-Type"] = "application/json"
@@ -103,7 +171,7 @@ async def _exchange(client: httpx.AsyncClient, request: CallRequest, settings: S
                     method, has_body, body = "GET", False, None
                 url = next_url
                 continue
-            return await _read(response, settings)
+            return await _read(response, settings, progress)
         finally:
             await response.aclose()
     raise AssertionError("unreachable: the loop returns")
@@ -136,27 +204,115 @@ async def _connect(
     raise httpx.ConnectError(f"no address to connect to for {url.host}")
 
 
-async def _read(response: httpx.Response, settings: Settings) -> str:
+# Content-Encodings read, and zlib's wbits for each: gzip's header and trailer, zlib's.
+DECODED = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+
+
+class _Inflater:
+    """One gzip or deflate layer, decoded only as far as the caller has room for: a few
+    hundred bytes can inflate to gigabytes."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._z = zlib.decompressobj(DECODED[encoding])
+        self._started = False
+
+    @property
+    def eof(self) -> bool:
+        return self._z.eof
+
+    def decompress(self, data: bytes, max_length: int) -> tuple[bytes, bytes]:
+        """Up to max_length (>= 1) decoded bytes, and the input left for the next call."""
+        try:
+            out = self._z.decompress(data, max_length)
+        except zlib.error:
+            if self.encoding != "deflate" or self._started:
+                raise
+            # Some servers send "deflate" as raw deflate, without zlib's header (as httpx,
+            # browsers accept it).
+            self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = self._z.decompress(data, max_length)
+        self._started = True
+        return out, self._z.unconsumed_tail
+
+
+async def _read(response: httpx.Response, settings: Settings, progress: _Progress) -> str:
     cap = settings.action_max_response_bytes
-    data = bytearray()
+    progress.response = response
+    data = progress.data = bytearray()
+    encodings = [
+        e.strip().lower()
+        for e in response.headers.get_list("content-encoding", split_commas=True)
+        if e.strip() and e.strip().lower() != "identity"
+    ]
+    inflater: _Inflater | None = None
     truncated = False
-    async for chunk in response.aiter_bytes():
-        room = cap - len(data)
-        if len(chunk) > room:
-            data += chunk[:room]
-            truncated = True
-            break
-        data += chunk
+    notes: list[str] = []
+    try:
+        # Raw bytes: httpx's own decoding would inflate each chunk whole, and stack layers.
+        async for chunk in response.aiter_raw():
+            if not chunk:
+                continue
+            if encodings and inflater is None:
+                if len(encodings) > 1 or encodings[0] not in DECODED:
+                    head = _head(response)
+                    return (
+                        f"{head}\nThe answer's body was not read: its Content-Encoding is "
+                        f"'{', '.join(encodings)}', and only identity or one gzip or deflate "
+                        "layer is read."
+                    )
+                inflater = _Inflater(encodings[0])
+            if inflater is None:
+                room = cap - len(data)
+                data += chunk[:room]
+                if len(chunk) > room:
+                    truncated = True
+                    break
+                continue
+            pending = chunk
+            while pending and not inflater.eof:
+                room = cap - len(data)
+                # One byte more than there is room for tells a cut answer from one that fits.
+                out, pending = inflater.decompress(pending, room + 1)
+                data += out[:room]
+                if len(out) > room:
+                    truncated = True
+                    break
+            if truncated or inflater.eof:
+                break
+    except zlib.error:
+        encoding = inflater.encoding if inflater is not None else "compressed"
+        notes.append(f"[the rest of the answer could not be read: its {encoding} data is invalid]")
+    except httpx.TimeoutException:
+        notes.append("[the rest of the answer did not come in time]")
+    except httpx.HTTPError as exc:
+        notes.append(f"[the rest of the answer could not be read: {_what_failed(exc)}]")
+    return _render(response, data, settings, notes, cut=cap if truncated else None)
+
+
+def _head(response: httpx.Response) -> str:
+    return f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+
+
+def _render(
+    response: httpx.Response,
+    data: bytearray,
+    settings: Settings,
+    notes: list[str],
+    cut: int | None = None,
+) -> str:
+    """The answer's head and body text, with notes on what was left out and why."""
     try:
         text = bytes(data).decode(response.charset_encoding or "utf-8", errors="replace")
     except LookupError:
         text = bytes(data).decode("utf-8", errors="replace")
-    notes = []
-    if truncated:
-        notes.append(f"[response cut: only its first {cap} bytes were read]")
+    shown = []
+    if cut is not None:
+        shown.append(f"[response cut: only its first {cut} bytes were read]")
     limit = settings.action_max_output_chars
     if len(text) > limit:
-        notes.append(f"[response cut: showing {limit} of {len(text)} characters]")
+        shown.append(f"[response cut: showing {limit} of {len(text)} characters]")
         text = text[:limit]
-    head = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
-    return "\n".join([head, text, *notes]) if notes else f"{head}\n{text}"
+    shown.extend(notes)
+    head = _head(response)
+    return "\n".join([head, text, *shown]) if shown else f"{head}\n{text}"

@@ -21,6 +21,28 @@ import httpx
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# IANA's special-purpose ranges that are not globally reachable, listed because the flags of
+# Python's ipaddress miss some of them (which ones depends on the Python version: 3.11 calls
+# 192.0.0.8 and fec0::1 global).
+SPECIAL_PURPOSE = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network"
+        "100.64.0.0/10",  # shared address space (CGNAT)
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # documentation (TEST-NET-1)
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation (TEST-NET-2)
+        "203.0.113.0/24",  # documentation (TEST-NET-3)
+        "240.0.0.0/4",  # reserved
+        "100::/64",  # discard-only
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation (RFC 9637)
+        "fc00::/7",  # unique local
+        "fec0::/10",  # site-local (deprecated, RFC 3879)
+    )
+)
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -56,6 +78,8 @@ def is_public(address: IPAddress) -> bool:
         or address.is_link_local
         or address.is_private
         or address.is_unspecified
+        or (isinstance(address, ipaddress.IPv6Address) and address.is_site_local)
+        or any(address in network for network in SPECIAL_PURPOSE)
     )
 
 
@@ -165,6 +189,7 @@ def _reason(host: str, addresses: list[IPAddress]) -> str:
     literal = _literal(host)
     shown = str(bad) if literal is not None else f"'{host}' resolves to {bad}, which"
     return (
-        f"{shown} is not a public address (loopback, private, link-local, multicast or "
-        "reserved) and the host is not in HAL9100_ACTION_ALLOWED_HOSTS"
+        f"{shown} is not a public address (loopback, private, link-local, multicast, "
+        "reserved or another special-purpose range) and the host is not in "
+        "HAL9100_ACTION_ALLOWED_HOSTS"
     )

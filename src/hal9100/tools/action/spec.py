@@ -27,9 +27,15 @@ import yaml
 from hal9100.tools.base import FunctionSpec
 
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-# RFC 9110 token, and a field value without control characters (no CR/LF/NUL).
+# RFC 9110 token, and a field value without control characters (no CR/LF/NUL) and without
+# leading or trailing spaces or tabs, which h11 refuses (quoting the value, a secret maybe, in
+# its error).
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
+HEADER_VALUE = re.compile(r"^(?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?$")
+HEADER_VALUE_RULE = (
+    "printable ASCII only; no CR, LF or other control characters, and no leading or "
+    "trailing spaces or tabs"
+)
 # Headers this tool writes itself: a client-set value would break the request's framing or
 # the pinned connection's Host.
 RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
@@ -46,6 +52,9 @@ MAX_DEPTH = 64
 BODY = "body"
 # OpenAI's chat completions take at most 128 tools; each operation is one.
 MAX_OPERATIONS = 128
+SAFE_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader
+)
 
 
 class ActionSpecError(ValueError):
@@ -92,7 +101,9 @@ def load(raw: str | dict[str, Any], max_bytes: int | None) -> dict[str, Any]:
             data: Any = json.loads(raw)
         except ValueError:
             try:
-                data = yaml.safe_load(raw)
+                # libyaml's parser when PyYAML was built with it: the pure-Python one takes
+                # seconds for a spec of a megabyte, on the event loop.
+                data = yaml.load(raw, Loader=SAFE_LOADER)
             except yaml.YAMLError as exc:
                 reason = " ".join(str(exc).split())
                 raise ActionSpecError(f"the spec is neither JSON nor YAML: {reason}") from None
@@ -336,6 +347,12 @@ def _operation(
     for (pname, location), raw in merged.items():
         if location == "header" and pname.lower() in IGNORED_HEADER_PARAMS:
             continue
+        if location == "header" and pname.lower() in RESERVED_HEADERS:
+            # The model would otherwise set the framing of the request (Content-Length) or
+            # the virtual host its credentials go to (Host).
+            raise ActionSpecError(
+                f"{where}: header parameter '{pname}' is set by the server, not by a caller"
+            )
         parameter, schema = _parameter(raw, inliner, where)
         if pname in properties or pname == BODY:
             raise ActionSpecError(
@@ -442,8 +459,8 @@ def check_headers(headers: dict[str, str]) -> dict[str, str]:
         if not HEADER_VALUE.match(value):
             # The value itself is never echoed: it is likely a secret.
             raise ActionSpecError(
-                f"the value of header '{name}' is not a valid HTTP header value (printable "
-                "ASCII only; no CR, LF or other control characters)"
+                f"the value of header '{name}' is not a valid HTTP header value "
+                f"({HEADER_VALUE_RULE})"
             )
     return headers
 
@@ -464,6 +481,58 @@ def check_spec(value: str | dict[str, Any]) -> str | dict[str, Any]:
     # run's first turn, read the same parse.
     _remember(spec_key(value), parse(value, _max_spec_bytes()))
     return value
+
+
+def spec_bytes(raw: Any) -> int:
+    """A spec's size as HAL9100_ACTION_MAX_SPEC_BYTES counts it: its text, or its object as
+    compact JSON."""
+    if isinstance(raw, str):
+        return len(raw.encode("utf-8"))
+    return len(json.dumps(raw, separators=(",", ":"), default=str).encode("utf-8"))
+
+
+def over_total_spec_bytes(tools: Any) -> tuple[int, int, int] | None:
+    """For a request's `tools` as sent (before any spec is parsed): the index of the action
+    tool whose spec takes the specs' total size past HAL9100_ACTION_MAX_SPEC_BYTES, with that
+    total and the limit; None when they fit. Each spec is parsed while the request is read, on
+    the event loop, so the limit bounds that work for the whole request, not for one spec."""
+    if not isinstance(tools, list):
+        return None
+    limit = _max_spec_bytes()
+    total = 0
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != "action":
+            continue
+        data = tool.get("data")
+        raw = data.get("openapi_spec") if isinstance(data, dict) else None
+        if not isinstance(raw, str | dict):
+            continue
+        size = spec_bytes(raw)
+        if size > limit:
+            # Its own check refuses it (naming its openapi_spec) before parsing it, and the
+            # specs before it fit in the limit together.
+            return None
+        total += size
+        if total > limit:
+            return index, total, limit
+    return None
+
+
+def function_names(tools: list[dict[str, Any]]) -> set[str]:
+    """The functions stored tools (plain data) offer the model: function tools' names and
+    action tools' operations."""
+    names: set[str] = set()
+    for tool in tools:
+        if tool.get("type") == "function":
+            names.add(str((tool.get("function") or {}).get("name")))
+        elif tool.get("type") == "action":
+            try:
+                parsed = parse_cached((tool.get("data") or {}).get("openapi_spec") or {})
+            except ActionSpecError:
+                # Cannot happen to a spec that was accepted; it then offers nothing.
+                continue
+            names.update(parsed.operations)
+    return names
 
 
 # Parsed specs by content hash: the engine builds a run's tools at every turn, and parsing

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 
 from hal9100.tools.action import fetch
+from hal9100.tools.action.redact import REDACTED
 from hal9100.tools.action.spec import (
     BODY,
     HEADER_VALUE,
+    HEADER_VALUE_RULE,
     IDEMPOTENT,
     Operation,
     Parameter,
@@ -33,6 +36,26 @@ if TYPE_CHECKING:
 
 class ArgumentError(ValueError):
     pass
+
+
+# Shorter header values are not scrubbed from outputs: they are not credentials, and replacing
+# every "2" or "json" in an answer would garble it.
+MIN_SCRUBBED = 8
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` without data.headers' values (whole, or any of their words, such as the token
+    after `Bearer`), whatever put them there: an error quoting the request, an API echoing
+    it."""
+    parts = {
+        part
+        for value in secrets
+        for part in (value, value.strip(), *value.split())
+        if len(part) >= MIN_SCRUBBED
+    }
+    for part in sorted(parts, key=len, reverse=True):
+        text = text.replace(part, REDACTED)
+    return text
 
 
 def _scalar(value: Any) -> str:
@@ -105,12 +128,19 @@ def build_request(
             continue
         text = json.dumps(value) if parameter.as_json else _simple(value, parameter.explode)
         if parameter.location == "path":
+            if text and not text.strip("."):
+                # Percent-encoding leaves dots alone, and a URL's `.` and `..` segments are
+                # removed with the one before them: `/users/{id}/profile` would call `/profile`.
+                raise ArgumentError(
+                    f"argument {parameter.name} may not be '{text}': a path segment of only "
+                    "dots would change which path is called"
+                )
             path = path.replace("{" + parameter.name + "}", quote(text, safe=""))
         elif parameter.location == "header":
             if not HEADER_VALUE.match(text):
                 raise ArgumentError(
                     f"argument {parameter.name} is not a valid HTTP header value "
-                    "(printable ASCII only)"
+                    f"({HEADER_VALUE_RULE})"
                 )
             headers.append((parameter.name, text))
         else:
@@ -185,8 +215,9 @@ class ActionTool:
             "it stopped. It may or may not have taken effect, and it was not retried.",
         )
 
-    @staticmethod
-    def _output(name: str, arguments: dict[str, Any], output: str) -> ToolOutput:
+    def _output(self, name: str, arguments: dict[str, Any], output: str) -> ToolOutput:
+        # The output goes to the model, the run step, its events and the database.
+        output = scrub(output, self._headers.values())
         return ToolOutput(
             output=output,
             details={
