@@ -13,6 +13,7 @@ from hal9100.core.resources import check_tool_resources
 from hal9100.core.schemas import DeletedObject, ListResponse, dump_json
 from hal9100.db.models import Assistant
 from hal9100.tools.action import redact_tools, restore_redacted
+from hal9100.tools.action.check import check_tools
 
 
 def to_object(row: Assistant) -> AssistantObject:
@@ -35,6 +36,8 @@ def to_object(row: Assistant) -> AssistantObject:
 
 
 async def create(session: AsyncSession, body: AssistantCreate) -> AssistantObject:
+    tools = dump_json(body.tools)
+    await check_tools(tools)
     row = Assistant(
         id=ids.assistant_id(),
         created_at=now(),
@@ -42,7 +45,7 @@ async def create(session: AsyncSession, body: AssistantCreate) -> AssistantObjec
         name=body.name,
         description=body.description,
         instructions=body.instructions,
-        tools=restore_redacted(dump_json(body.tools), []),
+        tools=restore_redacted(tools, []),
         tool_resources=await check_tool_resources(session, body.tool_resources),
         metadata_=body.metadata or {},
         temperature=body.temperature,
@@ -62,15 +65,18 @@ async def retrieve(session: AsyncSession, assistant_id: str) -> AssistantObject:
 async def update(
     session: AsyncSession, assistant_id: str, body: AssistantUpdate
 ) -> AssistantObject:
-    row = await AssistantRepository(session).get_or_404(assistant_id)
     given = body.model_fields_set
+    tools = dump_json(body.tools or [])
+    if "tools" in given:
+        await check_tools(tools)
+    row = await AssistantRepository(session).get_or_404(assistant_id)
     if body.model is not None:
         row.model = body.model
     for field in ("name", "description", "instructions", "reasoning_effort"):
         if field in given:
             setattr(row, field, getattr(body, field))
     if "tools" in given:
-        row.tools = restore_redacted(dump_json(body.tools or []), row.tools)
+        row.tools = restore_redacted(tools, row.tools)
     if "tool_resources" in given:
         row.tool_resources = await check_tool_resources(session, body.tool_resources)
     if "metadata" in given:

@@ -124,10 +124,10 @@ class FunctionTool(RequestModel):
     function: FunctionDefinition
 
 
-def _check_openapi_spec(value: str | dict[str, Any]) -> str | dict[str, Any]:
-    from hal9100.tools.action.spec import check_spec
+def _check_openapi_spec_size(value: str | dict[str, Any]) -> str | dict[str, Any]:
+    from hal9100.tools.action.spec import check_spec_size
 
-    return check_spec(value)
+    return check_spec_size(value)
 
 
 def _check_action_headers(value: dict[str, str]) -> dict[str, str]:
@@ -137,8 +137,10 @@ def _check_action_headers(value: dict[str, str]) -> dict[str, str]:
 
 
 class ActionData(RequestModel):
-    # An OpenAPI 3.x spec as JSON or YAML text, or as an object; stored as sent.
-    openapi_spec: Annotated[str | dict[str, Any], AfterValidator(_check_openapi_spec)]
+    # An OpenAPI 3.x spec as JSON or YAML text, or as an object; stored as sent. Only its size
+    # is checked here: parsing it takes seconds for a megabyte, so the services do that off
+    # the event loop (hal9100.tools.action.check).
+    openapi_spec: Annotated[str | dict[str, Any], AfterValidator(_check_openapi_spec_size)]
     # Sent with every call (e.g. Authorization); write-only: API objects show them redacted.
     headers: Annotated[dict[str, str], AfterValidator(_check_action_headers)] = Field(
         default_factory=dict, max_length=64
@@ -158,54 +160,10 @@ else:
     Tool = tagged_union(CodeInterpreterTool, FileSearchTool, FunctionTool, ActionTool)
 
 
-def _function_names(tool: Any) -> list[str]:
-    if isinstance(tool, FunctionTool):
-        return [tool.function.name]
-    if isinstance(tool, ActionTool):
-        # The spec passed its own check, which left its parse in the cache.
-        from hal9100.tools.action.spec import parse_cached
-
-        return list(parse_cached(tool.data.openapi_spec).operations)
-    return []
-
-
-def _check_function_names(tools: list[Any]) -> list[Any]:
-    """The model calls a function by name alone, so one name offered twice across a run's
-    tools (two function tools, two action specs, a function and an operation) could not
-    say which one the model meant. The later tool is the one refused."""
-    from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
-
-    owners: dict[str, int] = {}
-    for index, tool in enumerate(tools):
-        for name in _function_names(tool):
-            first = owners.setdefault(name, index)
-            if first == index:
-                if len(owners) > MAX_FUNCTIONS:
-                    error = PydanticCustomError(
-                        "value_error",
-                        "the tools offer more than {limit} functions (operations of action "
-                        "tools count one each), more than a model server takes in one request",
-                        {"limit": MAX_FUNCTIONS},
-                    )
-                    raise ValidationError.from_exception_data(
-                        "tools", [InitErrorDetails(type=error, loc=(index,), input=tool)]
-                    )
-                continue
-            error = PydanticCustomError(
-                "value_error",
-                "the function name '{name}' is already offered by tools[{first}]: the "
-                "functions of an assistant's or a run's tools need unique names",
-                {"name": name, "first": first},
-            )
-            raise ValidationError.from_exception_data(
-                "tools", [InitErrorDetails(type=error, loc=(index,), input=tool)]
-            )
-    return tools
-
-
 def _check_action_spec_total(tools: Any) -> Any:
-    """Before the tools are read: each action spec is parsed as its tool is, so the limit on
-    their total size must apply before the first one is."""
+    """The action specs' total size, which bounds the parsing one request costs (the
+    services parse them once the request is read). Checked before the tools are read, so it
+    is the error reported even when a later tool is refused for something else."""
     from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
     from hal9100.tools.action.spec import over_total_spec_bytes
@@ -225,17 +183,12 @@ def _check_action_spec_total(tools: Any) -> Any:
     return tools
 
 
-# The functions one chat-completions request may offer (OpenAI's limit, which
-# OpenAI-compatible servers copy).
-MAX_FUNCTIONS = 128
-
-
-# A request's `tools`; OpenAI takes at most 128.
+# A request's `tools`; OpenAI takes at most 128. Their functions' names across tools are
+# checked with the specs, by the services (hal9100.tools.action.check.check_tools).
 Tools = Annotated[
     list[Tool],
     Field(max_length=128),
     BeforeValidator(_check_action_spec_total),
-    AfterValidator(_check_function_names),
 ]
 
 

@@ -55,7 +55,7 @@ from hal9100.llm.base import (
 from hal9100.llm.router import ModelRouter
 from hal9100.storage.base import ObjectStorage
 from hal9100.tools.base import ServerTool, ToolContext, ToolOutput
-from hal9100.tools.registry import Toolset, toolset
+from hal9100.tools.registry import SERVER_TOOLS, Toolset, toolset
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +215,24 @@ class _Job:
 
     def tools(self, run: Run) -> Toolset:
         if self._tools is None:
-            try:
-                self._tools = toolset(run.tools or [], self.settings)
-            except ValueError as exc:
-                raise _Failed(
-                    {"code": "server_error", "message": f"The run's tools cannot be used: {exc}"}
-                ) from exc
+            self._tools = self._build_tools(run)
         return self._tools
+
+    async def prepare_tools(self, run: Run) -> None:
+        """Build the run's tools in a worker thread when they may take long: an action spec
+        this process has not parsed yet takes seconds, which on the event loop would stall
+        every run of the worker (their lease renewals too). Runs without server-side tools
+        (the common case, on the hot path) have theirs built by `tools()` in place."""
+        if self._tools is None and any(t.get("type") in SERVER_TOOLS for t in run.tools or []):
+            self._tools = await asyncio.to_thread(self._build_tools, run)
+
+    def _build_tools(self, run: Run) -> Toolset:
+        try:
+            return toolset(run.tools or [], self.settings)
+        except ValueError as exc:
+            raise _Failed(
+                {"code": "server_error", "message": f"The run's tools cannot be used: {exc}"}
+            ) from exc
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -292,6 +303,7 @@ class _Job:
 
     async def _turn(self, run: Run) -> Run | None:
         """One model call; returns the run when it goes on, None when it came to rest."""
+        await self.prepare_tools(run)
         tools = self.tools(run)
         resolved = self.x.router.resolve(run.model)
         used = run.usage or {"prompt_tokens": 0, "completion_tokens": 0}
@@ -569,6 +581,7 @@ class _Job:
         calls of the same turn."""
         assert run.open_calls is not None
         calls = [Call.load(c) for c in run.open_calls]
+        await self.prepare_tools(run)
         tools = self.tools(run)
         todo: list[tuple[Call, ServerTool]] = []
         for call in calls:

@@ -43,7 +43,7 @@ from hal9100.threads.schemas import ThreadCreate
 from hal9100.threads.service import build_thread
 from hal9100.threads.service import to_object as thread_object
 from hal9100.tools.action import restore_redacted
-from hal9100.tools.action.spec import function_names
+from hal9100.tools.action.check import check_tools, offered_functions
 
 # A cancel re-reads the run and tries again this often when the run changes state under it.
 _CANCEL_ATTEMPTS = 5
@@ -72,13 +72,14 @@ def _check_include(include: list[str]) -> list[str]:
     return include
 
 
-def _new_run(
+async def _new_run(
     runtime: Runtime,
     body: RunCreate | ThreadAndRunCreate,
     assistant: Assistant,
     thread_id: str,
     include: list[str],
 ) -> Run:
+    """The run a request asks for; its `tools`, if any, have passed `check_tools`."""
     created = now()
     tools = (
         restore_redacted(dump_json(body.tools), assistant.tools)
@@ -89,7 +90,7 @@ def _new_run(
     if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
         name = (tool_choice.get("function") or {}).get("name")
         # Function tools and action tools' operations: the model calls both by name.
-        if name not in function_names(tools):
+        if name not in await offered_functions(tools):
             raise bad_request(
                 f"Invalid 'tool_choice': the function '{name}' is not among the run's tools.",
                 "tool_choice",
@@ -162,12 +163,14 @@ async def _ensure_idle(session: AsyncSession, thread_id: str) -> None:
 async def create(
     session: AsyncSession, runtime: Runtime, thread_id: str, body: RunCreate, include: list[str]
 ) -> Started:
+    if body.tools is not None:
+        await check_tools(dump_json(body.tools))
     _check_include(include)
     for attempt in range(1, _CREATE_ATTEMPTS + 1):
         await ThreadRepository(session).get_or_404(thread_id)
         assistant = await AssistantRepository(session).get_or_404(body.assistant_id, "assistant_id")
         await _ensure_idle(session, thread_id)
-        run = _new_run(runtime, body, assistant, thread_id, include)
+        run = await _new_run(runtime, body, assistant, thread_id, include)
         for index, message in enumerate(body.additional_messages or []):
             session.add(
                 await build_message(session, thread_id, message, f"additional_messages[{index}]")
@@ -196,12 +199,14 @@ async def create(
 async def create_thread_and_run(
     session: AsyncSession, runtime: Runtime, body: ThreadAndRunCreate
 ) -> Started:
+    if body.tools is not None:
+        await check_tools(dump_json(body.tools))
     assistant = await AssistantRepository(session).get_or_404(body.assistant_id, "assistant_id")
     thread_body = body.thread or ThreadCreate()
     if body.tool_resources is not None and thread_body.tool_resources is None:
         thread_body = thread_body.model_copy(update={"tool_resources": body.tool_resources})
     thread = await build_thread(session, thread_body)
-    run = _new_run(runtime, body, assistant, thread.id, [])
+    run = await _new_run(runtime, body, assistant, thread.id, [])
     session.add(run)
     await session.commit()
     queued = run_object(run)

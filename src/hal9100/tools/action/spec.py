@@ -52,6 +52,9 @@ MAX_DEPTH = 64
 BODY = "body"
 # OpenAI's chat completions take at most 128 tools; each operation is one.
 MAX_OPERATIONS = 128
+# The functions one chat-completions request may offer across all of a run's tools (OpenAI's
+# limit, which OpenAI-compatible servers copy).
+MAX_FUNCTIONS = 128
 SAFE_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
     yaml, "CSafeLoader", yaml.SafeLoader
 )
@@ -474,13 +477,24 @@ def _max_spec_bytes() -> int:
     return Settings().action_max_spec_bytes
 
 
-def check_spec(value: str | dict[str, Any]) -> str | dict[str, Any]:
-    """A tool's openapi_spec as a client sends it: accepted (and stored as sent) or refused
-    with ActionSpecError."""
-    # Cached: the request's check of function names across its tools, and the engine at the
-    # run's first turn, read the same parse.
-    _remember(spec_key(value), parse(value, _max_spec_bytes()))
+def check_spec_size(value: str | dict[str, Any]) -> str | dict[str, Any]:
+    """A tool's openapi_spec within HAL9100_ACTION_MAX_SPEC_BYTES, or ActionSpecError: the
+    cheap part of its check, made while the request is read."""
+    size = spec_bytes(value)
+    limit = _max_spec_bytes()
+    if size > limit:
+        raise ActionSpecError(f"the spec is {size} bytes; at most {limit} are accepted")
     return value
+
+
+def check_spec(value: str | dict[str, Any]) -> ParsedSpec:
+    """A tool's openapi_spec as a client sends it: its parse, or ActionSpecError. Seconds for
+    a spec of a megabyte: callers on the event loop run it in a worker thread."""
+    parsed = parse(value, _max_spec_bytes())
+    # Cached: the request's check of function names across its tools, its tool_choice, and
+    # the engine at the run's first turn read the same parse.
+    _remember(spec_key(value), parsed)
+    return parsed
 
 
 def spec_bytes(raw: Any) -> int:
@@ -494,8 +508,9 @@ def spec_bytes(raw: Any) -> int:
 def over_total_spec_bytes(tools: Any) -> tuple[int, int, int] | None:
     """For a request's `tools` as sent (before any spec is parsed): the index of the action
     tool whose spec takes the specs' total size past HAL9100_ACTION_MAX_SPEC_BYTES, with that
-    total and the limit; None when they fit. Each spec is parsed while the request is read, on
-    the event loop, so the limit bounds that work for the whole request, not for one spec."""
+    total and the limit; None when they fit. Checked while the request is read, before its
+    specs are parsed (seconds for a megabyte), so the limit bounds that work for the whole
+    request, not for one spec."""
     if not isinstance(tools, list):
         return None
     limit = _max_spec_bytes()
