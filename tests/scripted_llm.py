@@ -46,6 +46,11 @@ Quirks of real servers (OpenAI protocol unless noted), as [[quirk:a,b]] or repea
                             tool-call fragment carries the id and name and is also sent as
                             delta.function_call in the same chunk; a last fragment carries
                             the name and empty arguments.
+  empty_stream_auto         As llama-cpp-python's chatml-function-calling: a streamed request
+                            offering tools with tool_choice auto (or unset) gets HTTP 200 and
+                            an event stream with no event at all, then closes the connection
+                            it advertised as keep-alive (the same request unstreamed is
+                            answered).
   ignore_stream             (Both protocols) answer the complete, non-streamed object
                             (chat.completion / message JSON) even when asked to stream.
   no_usage                  No usage chunk even when stream_options.include_usage is set.
@@ -239,6 +244,11 @@ class Conversation:
 
 def _words(texts: list[str]) -> int:
     return sum(len(text.split()) for text in texts)
+
+
+def _may_choose_tool(body: dict[str, Any]) -> bool:
+    """Tools offered, and the model left to choose whether to call one."""
+    return bool(body.get("tools")) and body.get("tool_choice", "auto") == "auto"
 
 
 def _openai_text(content: Any) -> str:
@@ -902,6 +912,21 @@ class _Connection:
             await self._garbage(script.garbage)
             return True
         renderer = renderer_type(conv, script, plan_reply(script, conv), owner._next_serial())
+        if conv.stream and "empty_stream_auto" in script.quirks and _may_choose_tool(body):
+            # llama-cpp-python's chatml-function-calling raises "Automatic streaming tool
+            # choice is not supported" after the 200 head: an event stream with no event.
+            self._head(
+                200,
+                {
+                    "Content-Type": "text/event-stream; charset=utf-8",
+                    "Transfer-Encoding": "chunked",
+                },
+            )
+            self.writer.write(b"0\r\n\r\n")
+            await self.writer.drain()
+            # And it drops the connection, though it said keep-alive: a client that reuses it
+            # gets "Server disconnected without sending a response".
+            return False
         if conv.stream and "ignore_stream" not in script.quirks:
             await self._stream(renderer, script)
         else:

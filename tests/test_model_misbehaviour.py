@@ -219,6 +219,36 @@ def test_tool_call_fragments_sent_twice_in_one_chunk_count_once(client: openai.O
     assert streamed.function.arguments == call.function.arguments  # type: ignore[union-attr]
 
 
+def test_a_turn_that_cannot_be_streamed_is_asked_for_whole(
+    client: openai.OpenAI, scripted_llm: ScriptedLLM
+) -> None:
+    """llama-cpp-python's chatml-function-calling answers a streamed request offering tools
+    with tool_choice auto by an empty event stream (it raises "Automatic streaming tool
+    choice is not supported" after the 200). Found by the real-model tier."""
+    mark = marker()
+    text = f'[[quirk:empty_stream_auto]] [[call:get_weather {{"city": "Bern"}}]] {mark}'
+    run, recorder = _stream(client, MODELS["openai"], text)
+    assert run.status == "requires_action", run.last_error
+    assert run.required_action is not None
+    (call,) = run.required_action.submit_tool_outputs.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == (
+        "get_weather",
+        {"city": "Bern"},
+    )
+    assert recorder.calls and recorder.calls[0].id == call.id
+    done = client.beta.threads.runs.submit_tool_outputs_and_poll(
+        run_id=run.id,
+        thread_id=run.thread_id,
+        tool_outputs=[{"tool_call_id": call.id, "output": "fog"}],
+        poll_interval_ms=POLL_MS,
+    )
+    assert done.status == "completed", done.last_error
+    assert _answer(client, done) == "Tool results: fog"
+    # Each turn: the streamed request, then the same one unstreamed.
+    asked = requests_with(scripted_llm, mark)
+    assert [bool(r.get("stream")) for r in asked] == [True, False, True, False]
+
+
 # --------------------------------------------------------------------------- failing executions
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, NoReturn
 
@@ -109,44 +110,59 @@ class OpenAICompatBackend:
     async def _stream(self, request: ChatRequest) -> AsyncIterator[LLMEvent]:
         body = build_request_body(request)
         chunks = await self._open(body)
-        assembler = _ToolCallAssembler()
-        finish_reason: str | None = None
-        usage: Usage | None = None
+        state = _StreamState()
         try:
-            async for chunk in chunks:
-                chunk_usage = getattr(chunk, "usage", None)
-                if chunk_usage is not None:
-                    # Some servers send running totals on every chunk: the last one wins.
-                    usage = Usage(
-                        prompt_tokens=token_count(getattr(chunk_usage, "prompt_tokens", None)),
-                        completion_tokens=token_count(
-                            getattr(chunk_usage, "completion_tokens", None)
-                        ),
-                    )
-                choices = getattr(chunk, "choices", None)
-                for choice in choices if isinstance(choices, list) else ():
-                    if (getattr(choice, "index", 0) or 0) != 0:
-                        continue  # n > 1 is never requested; ignore stray choices.
-                    delta = getattr(choice, "delta", None)
-                    if delta is not None:
-                        for event in _delta_events(delta, assembler):
-                            yield event
-                    reason = getattr(choice, "finish_reason", None)
-                    if reason:
-                        finish_reason = reason
+            try:
+                async for event in self._events(chunks, state):
+                    yield event
+            except _EmptyStream:
+                # llama-cpp-python's chatml-function-calling cannot stream a turn in which
+                # the model may choose a tool (tool_choice auto): it answers 200 and an event
+                # stream with no event. Unstreamed, the same request is answered (on a new
+                # connection: that server drops the one it answered on, keep-alive or not).
+                await chunks.close()
+                chunks = await self._open(body, stream=False, retries=1)
+                async for event in self._events(chunks, state):
+                    yield event
         except Exception as exc:
             raise_mapped(exc, self._map_error(exc))
         finally:
             await chunks.close()
 
-        if usage is not None:
-            yield usage
-        yield Finish(_finish_reason(finish_reason, saw_tool_calls=assembler.count > 0))
+        if state.usage is not None:
+            yield state.usage
+        yield Finish(_finish_reason(state.finish_reason, saw_tool_calls=state.assembler.count > 0))
 
-    async def _open(self, body: dict[str, Any]) -> _ChunkStream:
+    @staticmethod
+    async def _events(chunks: _ChunkStream, state: _StreamState) -> AsyncIterator[LLMEvent]:
+        async for chunk in chunks:
+            chunk_usage = getattr(chunk, "usage", None)
+            if chunk_usage is not None:
+                # Some servers send running totals on every chunk: the last one wins.
+                state.usage = Usage(
+                    prompt_tokens=token_count(getattr(chunk_usage, "prompt_tokens", None)),
+                    completion_tokens=token_count(getattr(chunk_usage, "completion_tokens", None)),
+                )
+            choices = getattr(chunk, "choices", None)
+            for choice in choices if isinstance(choices, list) else ():
+                if (getattr(choice, "index", 0) or 0) != 0:
+                    continue  # n > 1 is never requested; ignore stray choices.
+                delta = getattr(choice, "delta", None)
+                if delta is not None:
+                    for event in _delta_events(delta, state.assembler):
+                        yield event
+                reason = getattr(choice, "finish_reason", None)
+                if reason:
+                    state.finish_reason = reason
+
+    async def _open(
+        self, body: dict[str, Any], *, stream: bool = True, retries: int = 0
+    ) -> _ChunkStream:
+        """`retries`: the SDK's own retries on a lost connection (the engine retries failed
+        turns; this is for a server known to drop the connection it just answered on)."""
         while True:
             extra: dict[str, Any] = {}
-            if self._send_stream_options:
+            if stream and self._send_stream_options:
                 extra["stream_options"] = {"include_usage": True}
             try:
                 # The SDK's generic POST: its auth, headers, timeouts and HTTP error mapping,
@@ -155,10 +171,11 @@ class OpenAICompatBackend:
                 response = await self._client.post(
                     "/chat/completions",
                     cast_to=httpx2.Response,
-                    body={**body, **extra, "stream": True},
+                    body={**body, **extra, "stream": stream},
+                    options={"max_retries": retries},
                     stream=True,
                 )
-                return _ChunkStream(response, self._label)
+                return _ChunkStream(response, self._label, streamed=stream)
             except openai.APIStatusError as exc:
                 if self._send_stream_options and _rejects_stream_options(exc):
                     self._send_stream_options = False
@@ -200,6 +217,17 @@ class OpenAICompatBackend:
         return status_error(self._label, exc.status_code, exc.body, exc.message)
 
 
+class _EmptyStream(Exception):
+    """A streamed request was answered with no event at all."""
+
+
+@dataclass(slots=True)
+class _StreamState:
+    assembler: _ToolCallAssembler = field(default_factory=lambda: _ToolCallAssembler())
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
 class _ChunkStream:
     """The SSE chunks of a streamed completion, decoded straight from the response lines.
 
@@ -208,9 +236,10 @@ class _ChunkStream:
     namespaces instead, which the delta handling reads attribute by attribute either way.
     """
 
-    def __init__(self, response: httpx2.Response, label: str) -> None:
+    def __init__(self, response: httpx2.Response, label: str, *, streamed: bool = True) -> None:
         self._response = response
         self._label = label
+        self._streamed = streamed
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._chunks()
@@ -251,6 +280,8 @@ class _ChunkStream:
             chunks += 1
             yield chunk
         if not chunks:
+            if not other and self._streamed:
+                raise _EmptyStream
             yield self._whole_body("\n".join(other))
 
     def _whole_body(self, text: str) -> SimpleNamespace:
