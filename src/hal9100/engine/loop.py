@@ -24,7 +24,6 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select, update
@@ -32,23 +31,20 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.config import Settings
-from hal9100.core import ids
 from hal9100.core.clock import now
-from hal9100.core.text import StorableStream, storable
+from hal9100.core.text import storable
 from hal9100.db.engine import SessionMaker
 from hal9100.db.models import Run
 from hal9100.engine import calls as calls_
 from hal9100.engine.lease import Lease
 from hal9100.engine.recorder import Call, Execution, Recorder, RecorderFactory, TurnEnd
-from hal9100.engine.state import RUNNABLE, terminal_values, transition
+from hal9100.engine.state import RUNNABLE, LeaseLost, terminal_values, transition
+from hal9100.engine.turn import Turn
 from hal9100.events.base import EventBus, RunEvent
 from hal9100.llm.base import (
     ChatRequest,
-    Finish,
     LLMBackend,
     LLMError,
-    TextDelta,
-    ToolCallDelta,
     Usage,
     estimate_tokens,
 )
@@ -74,10 +70,6 @@ def _outage(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError | TimeoutError)
 
 
-class LeaseLost(Exception):
-    """Another worker owns the run now; stop without writing."""
-
-
 class Stop(Exception):
     """The run must stop (cancel requested, or past expires_at)."""
 
@@ -94,23 +86,6 @@ class _Failed(Exception):
         self.last_error = last_error
         # The run's usage with the turn that failed it, when a turn did.
         self.usage = usage
-
-
-@dataclass
-class _Turn:
-    """What one model call produced so far."""
-
-    text: list[str] = field(default_factory=list)
-    calls: list[Call] = field(default_factory=list)
-    arguments: list[list[str]] = field(default_factory=list)
-    # The backend's index of each call -> its position in `calls`.
-    positions: dict[int, int] = field(default_factory=dict)
-    usage: Usage | None = None
-    finish: str | None = None
-
-    @property
-    def emitted(self) -> bool:
-        return bool(self.text or self.calls)
 
 
 class Engine:
@@ -331,11 +306,9 @@ class _Job:
             # now chooses.
             prompt.request.tool_choice = "auto"
 
-        turn = _Turn()
+        turn = Turn()
         self.streaming = True
         await self._stream(run, resolved.backend, prompt.request, turn)
-        for call, pieces in zip(turn.calls, turn.arguments, strict=True):
-            call.arguments = "".join(pieces)
         if turn.usage is None:
             # Some servers report no usage when streaming; estimate rather than leave a run
             # that spent tokens with none recorded.
@@ -344,13 +317,13 @@ class _Job:
         return await self._end_turn(run, turn, completion_left)
 
     async def _stream(
-        self, run: Run, backend: LLMBackend, request: ChatRequest, turn: _Turn
+        self, run: Run, backend: LLMBackend, request: ChatRequest, turn: Turn
     ) -> None:
         """Consume the LLM stream into `turn`, racing it against cancel, expiry and lease
         loss; retry transient failures that happen before anything was shown to clients."""
         attempt = 0
         while True:
-            consume = asyncio.create_task(self._consume(run, backend, request, turn))
+            consume = asyncio.create_task(turn.read(backend, request, run, self.rec, self.run_id))
             # Cancelling the task closes the HTTP stream: the LLM stops generating at once.
             await self._race(consume, run)
             try:
@@ -385,65 +358,6 @@ class _Job:
             raise LeaseLost
         raise Stop("cancelled" if self.stop.done() else "expired")
 
-    async def _consume(
-        self, run: Run, backend: LLMBackend, request: ChatRequest, turn: _Turn
-    ) -> None:
-        # Every backend's output passes here, where it is made storable: what clients are
-        # streamed is what is stored.
-        text = StorableStream()
-        arguments: dict[int, StorableStream] = {}
-        try:
-            async for item in backend.stream(request):
-                if isinstance(item, TextDelta):
-                    value = text.feed(item.text)
-                    if value:
-                        turn.text.append(value)
-                        await self.rec.text(run, value)
-                elif isinstance(item, ToolCallDelta):
-                    # The text ends where the tool calls begin.
-                    if tail := text.flush():
-                        turn.text.append(tail)
-                        await self.rec.text(run, tail)
-                    fragments = arguments.get(item.index)
-                    if fragments is None:
-                        fragments = arguments[item.index] = StorableStream()
-                    item.arguments = fragments.feed(item.arguments)
-                    if item.name:
-                        item.name = storable(item.name)
-                    await self._on_tool_delta(run, turn, item)
-                elif isinstance(item, Usage):
-                    turn.usage = item
-                elif isinstance(item, Finish):
-                    turn.finish = item.reason
-            if tail := text.flush():
-                turn.text.append(tail)
-                await self.rec.text(run, tail)
-            for index, fragments in arguments.items():
-                if tail := fragments.flush():
-                    await self._on_tool_delta(run, turn, ToolCallDelta(index, arguments=tail))
-        except LLMError:
-            raise
-        except (asyncio.CancelledError, LeaseLost):
-            raise
-        except Exception as exc:
-            log.exception("run %s: backend stream failed", self.run_id)
-            raise LLMError("server", f"the model backend failed: {exc}") from exc
-
-    async def _on_tool_delta(self, run: Run, turn: _Turn, delta: ToolCallDelta) -> None:
-        # Open models repeat one id for parallel calls or send none: calls are told apart by
-        # their index, and every call gets an id of ours.
-        position = turn.positions.get(delta.index)
-        if position is None:
-            position = turn.positions[delta.index] = len(turn.calls)
-            turn.calls.append(Call(id=ids.call_id(), position=position, name="", arguments=""))
-            turn.arguments.append([])
-        call = turn.calls[position]
-        name = None
-        if delta.name and not call.name:
-            call.name = name = delta.name
-        turn.arguments[position].append(delta.arguments)
-        await self.rec.tool_call(run, call, name, delta.arguments)
-
     # --- ending a turn -------------------------------------------------------------------
 
     def _sort_calls(self, run: Run, calls: list[Call]) -> int:
@@ -466,7 +380,7 @@ class _Job:
                 call.kind = "server" if server else "client"
         return invalid
 
-    async def _end_turn(self, run: Run, turn: _Turn, completion_left: int | None) -> Run | None:
+    async def _end_turn(self, run: Run, turn: Turn, completion_left: int | None) -> Run | None:
         assert turn.usage is not None
         await self.rec.settle()
         used = run.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}

@@ -23,6 +23,10 @@ RUNNABLE = ("queued", "in_progress", "cancelling")
 TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
 
 
+class LeaseLost(Exception):
+    """Another worker owns the run now (its epoch moved on): stop without writing."""
+
+
 async def transition(
     session: AsyncSession,
     run_id: str,
