@@ -109,7 +109,7 @@ class OpenAICompatBackend:
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[LLMEvent]:
         body = build_request_body(request)
-        chunks = await self._open(body)
+        chunks = await self._open(body, may_be_empty=_may_choose_tool(body))
         state = _StreamState()
         try:
             try:
@@ -121,7 +121,7 @@ class OpenAICompatBackend:
                 # stream with no event. Unstreamed, the same request is answered (on a new
                 # connection: that server drops the one it answered on, keep-alive or not).
                 await chunks.close()
-                chunks = await self._open(body, stream=False, retries=1)
+                chunks = await self._open(body, stream=False, reconnect=True)
                 async for event in self._events(chunks, state):
                     yield event
         except Exception as exc:
@@ -156,10 +156,17 @@ class OpenAICompatBackend:
                     state.finish_reason = reason
 
     async def _open(
-        self, body: dict[str, Any], *, stream: bool = True, retries: int = 0
+        self,
+        body: dict[str, Any],
+        *,
+        stream: bool = True,
+        may_be_empty: bool = False,
+        reconnect: bool = False,
     ) -> _ChunkStream:
-        """`retries`: the SDK's own retries on a lost connection (the engine retries failed
-        turns; this is for a server known to drop the connection it just answered on)."""
+        """`may_be_empty`: an event stream with no byte at all is the llama.cpp case below,
+        not garbage. `reconnect`: send once more, at once, when the connection turns out to
+        be dropped before any answer (the server closed the keep-alive connection it just
+        answered on); the engine retries every other failure itself."""
         while True:
             extra: dict[str, Any] = {}
             if stream and self._send_stream_options:
@@ -172,15 +179,21 @@ class OpenAICompatBackend:
                     "/chat/completions",
                     cast_to=httpx2.Response,
                     body={**body, **extra, "stream": stream},
-                    options={"max_retries": retries},
                     stream=True,
                 )
-                return _ChunkStream(response, self._label, streamed=stream)
+                return _ChunkStream(
+                    response, self._label, empty_means_unstreamable=stream and may_be_empty
+                )
             except openai.APIStatusError as exc:
-                if self._send_stream_options and _rejects_stream_options(exc):
+                if stream and self._send_stream_options and _rejects_stream_options(exc):
                     self._send_stream_options = False
                     continue
                 raise self._status_error(exc) from exc
+            except openai.APIConnectionError as exc:
+                if reconnect and not isinstance(exc, openai.APITimeoutError):
+                    reconnect = False
+                    continue
+                raise_mapped(exc, self._map_error(exc))
             except Exception as exc:
                 raise_mapped(exc, self._map_error(exc))
 
@@ -218,7 +231,11 @@ class OpenAICompatBackend:
 
 
 class _EmptyStream(Exception):
-    """A streamed request was answered with no event at all."""
+    """A streamed request that let the model choose a tool was answered with no byte."""
+
+
+def _may_choose_tool(body: dict[str, Any]) -> bool:
+    return bool(body.get("tools")) and body.get("tool_choice", "auto") == "auto"
 
 
 @dataclass(slots=True)
@@ -236,10 +253,12 @@ class _ChunkStream:
     namespaces instead, which the delta handling reads attribute by attribute either way.
     """
 
-    def __init__(self, response: httpx2.Response, label: str, *, streamed: bool = True) -> None:
+    def __init__(
+        self, response: httpx2.Response, label: str, *, empty_means_unstreamable: bool = False
+    ) -> None:
         self._response = response
         self._label = label
-        self._streamed = streamed
+        self._empty_means_unstreamable = empty_means_unstreamable
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._chunks()
@@ -251,7 +270,9 @@ class _ChunkStream:
         # `chat.completion` from, or to quote; once chunks flow, strays are only skipped.
         other: list[str] = []
         kept = 0
+        lines = 0
         async for line in self._response.aiter_lines():
+            lines += 1
             if not line.startswith("data:"):
                 # Blank separators, `event:`/`id:` lines and `: keep-alive` comments aside.
                 if line and not chunks and kept < _MAX_WHOLE_BODY:
@@ -280,7 +301,7 @@ class _ChunkStream:
             chunks += 1
             yield chunk
         if not chunks:
-            if not other and self._streamed:
+            if not lines and self._empty_means_unstreamable:
                 raise _EmptyStream
             yield self._whole_body("\n".join(other))
 
