@@ -9,16 +9,19 @@ that tests listing every assistant through the validating SDK never meet them.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gzip
+import html
 import json
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import httpx
 import pytest
@@ -27,7 +30,12 @@ import yaml
 from conftest import DeployFactory
 from hal9100.config import Settings
 from hal9100.tools.action import REDACTED, ActionTool, refusal
-from hal9100.tools.action.spec import SAFE_LOADER
+from hal9100.tools.action.spec import (
+    SAFE_LOADER,
+    ActionSpecError,
+    parse_cached,
+    parse_in_thread,
+)
 from hal9100.tools.base import ToolContext
 
 SECRET = "Bearer sk-very-secret"
@@ -273,6 +281,47 @@ def test_tool_choice_may_name_an_action_operation(api: httpx.Client) -> None:
     assert "'removePet' is not among the run's tools" in refused.json()["error"]["message"]
 
 
+def test_tool_choice_naming_an_operation_another_process_has_not_parsed(
+    deploy: DeployFactory, mode: str
+) -> None:
+    # The run is created by an API process that never parsed the assistant's spec: it parses
+    # it (in a thread, its database session let go meanwhile) to check the name.
+    if mode != "production":
+        pytest.skip("needs two API processes")
+    server = deploy(HAL9100_ACTION_MAX_SPEC_BYTES="20000")
+    spec = make_spec(url=f"https://api-{uuid.uuid4().hex[:8]}.example.com")
+    with httpx.Client(base_url=server.urls[0], timeout=30) as first:
+        assistant = create_assistant(first, [action(spec)]).json()
+    choice = {"type": "function", "function": {"name": "addPet"}}
+    with httpx.Client(base_url=server.urls[1], timeout=30) as second:
+        thread = second.post("/v1/threads", json={}).json()
+        run = second.post(
+            f"/v1/threads/{thread['id']}/runs",
+            json={"assistant_id": assistant["id"], "tool_choice": choice},
+        )
+        assert run.status_code == 200, run.text
+        assert run.json()["tool_choice"] == choice
+        second.post(f"/v1/threads/{thread['id']}/runs/{run.json()['id']}/cancel")
+    spec = make_spec(url=f"https://api-{uuid.uuid4().hex[:8]}.example.com")
+    with httpx.Client(base_url=server.urls[0], timeout=30) as first:
+        assistant = create_assistant(first, [action(spec)]).json()
+    with httpx.Client(base_url=server.urls[1], timeout=30) as second:
+        both = second.post(
+            "/v1/threads/runs", json={"assistant_id": assistant["id"], "tool_choice": choice}
+        )
+        assert both.status_code == 200, both.text
+        assert both.json()["thread_id"].startswith("thread_")
+        refused = second.post(
+            "/v1/threads/runs",
+            json={
+                "assistant_id": assistant["id"],
+                "tool_choice": {"type": "function", "function": {"name": "nope"}},
+            },
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "tool_choice"
+
+
 # --- redaction --------------------------------------------------------------------------------
 
 
@@ -487,6 +536,69 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(200, b"\x0b\x02\x80hello\x03", {"Content-Encoding": "br"})
         elif route == "/bad-gzip":
             self._answer(200, b"\x1f\x8bnot really gzip", {"Content-Encoding": "gzip"})
+        elif route.startswith("/echo-auth"):
+            # An API quoting the request: the model sizes `pad` to place a cut in the secret.
+            asked = parse_qs(parts.query)
+            echo = f"{asked.get('pad', [''])[0]} {self.headers.get('Authorization')}".encode()
+            if route == "/echo-auth":
+                self._answer(200, echo)
+                return
+            # The first `at` bytes of it, then the connection closes or stalls.
+            at = int(asked["at"][0])
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(echo)))
+            self.end_headers()
+            self.wfile.write(echo[:at])
+            self.wfile.flush()
+            if route == "/echo-auth-stall":
+                time.sleep(1)
+            self.close_connection = True
+        elif route == "/echo-encoded":
+            auth = self.headers.get("Authorization") or ""
+            forms = [
+                json.dumps({"auth": auth}).replace("/", "\\/"),
+                quote(auth, safe=""),
+                quote_plus(auth),
+                html.escape(auth),
+            ]
+            self._answer(200, "\n".join(forms).encode())
+        elif route in ("/utf-16", "/latin-1", "/windows-1252", "/utf-7"):
+            charset = route[1:]
+            self._answer(
+                200,
+                "caf\u00e9 \u20ac".encode(charset, errors="replace"),
+                {"Content-Type": f"text/plain; charset={charset}"},
+            )
+        elif route == "/raw-deflate-one-byte":
+            # zlib takes one byte without a word: the raw-deflate retry must still be open.
+            raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+            payload = raw.compress(b"raw deflated") + raw.flush()
+            self.send_response(200)
+            self.send_header("Content-Encoding", "deflate")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[:1])
+            self.wfile.flush()
+            time.sleep(0.2)
+            self.wfile.write(payload[1:])
+        elif route == "/br-stall":
+            self.send_response(200)
+            self.send_header("Content-Encoding", "br")
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.flush()
+            time.sleep(2)
+            self.close_connection = True
+        elif route == "/gzip-trailing":
+            payload = gzip.compress(b"first") + b"trailing junk"
+            self._answer(200, payload, {"Content-Encoding": "gzip"})
+        elif route == "/empty-blocks":
+            # "hi", then empty stored blocks without end: much input, no more output.
+            raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+            payload = raw.compress(b"hi") + raw.flush(zlib.Z_SYNC_FLUSH)
+            self._answer(
+                200, payload + b"\x00\x00\x00\xff\xff" * 30_000, {"Content-Encoding": "deflate"}
+            )
         else:
             self._answer(200, json.dumps(record).encode(), {"Content-Type": "application/json"})
 
@@ -528,10 +640,23 @@ def call_spec(base: str) -> dict[str, Any]:
     }
     names = ["big", "slow", "loop", "to-metadata", "to-localhost", "missing", "hangup"]
     names += ["gzip-bomb", "gzip-small", "deflate", "raw-deflate", "gzip-gzip", "br", "bad-gzip"]
+    names += ["echo-encoded", "utf-16", "latin-1", "windows-1252", "utf-7"]
+    names += ["raw-deflate-one-byte", "br-stall", "gzip-trailing", "empty-blocks"]
     for name in names:
         paths[f"/{name}"] = {
             "get": {
                 "operationId": name.replace("-", "_"),
+                "responses": {"200": {"description": "ok"}},
+            }
+        }
+    for name in ("echo-auth", "echo-auth-hangup", "echo-auth-stall"):
+        paths[f"/{name}"] = {
+            "get": {
+                "operationId": name.replace("-", "_"),
+                "parameters": [
+                    {"name": "pad", "in": "query", "schema": {"type": "string"}},
+                    {"name": "at", "in": "query", "schema": {"type": "integer"}},
+                ],
                 "responses": {"200": {"description": "ok"}},
             }
         }
@@ -819,6 +944,157 @@ async def test_a_post_without_an_answer_has_an_unknown_outcome(
     )
 
 
+# The secret's word as an API would echo it; any of its first 4 or more characters would help
+# a model (or whoever reads its outputs) guess the rest.
+SECRET_PREFIXES = [SECRET.split()[1][:n] for n in range(4, len(SECRET.split()[1]) + 1)]
+
+
+def _shows_secret(result: Any) -> bool:
+    shown = result.output + json.dumps(result.details)
+    return any(prefix in shown for prefix in SECRET_PREFIXES)
+
+
+@pytest.mark.parametrize("cap", ["action_max_response_bytes", "action_max_output_chars"])
+async def test_a_cut_inside_an_echoed_secret_shows_none_of_it(
+    upstream: tuple[str, list[Any]], cap: str
+) -> None:
+    tool = make_tool(upstream[0], **{cap: 40})
+    # The answer is `pad` + " " + SECRET: each length of `pad` puts the cut at 40 one character
+    # further into the secret, from before its start to past its end.
+    for length in range(40 - len(SECRET) - 2, 41):
+        result = await tool.call("echo_auth", {"pad": "x" * length}, ctx())
+        assert result.output.startswith("HTTP 200 OK\n" + "x" * length), result.output
+        assert not _shows_secret(result), (length, result.output)
+
+
+async def test_a_body_broken_off_inside_an_echoed_secret_shows_none_of_it(
+    upstream: tuple[str, list[Any]],
+) -> None:
+    body = "x " + SECRET
+    tool = make_tool(upstream[0])
+    for at in range(2, len(body)):
+        result = await tool.call("echo_auth_hangup", {"pad": "x", "at": at}, ctx())
+        assert "[the rest of the answer could not be read: " in result.output, result.output
+        assert not _shows_secret(result), (at, result.output)
+    # The run's time ends the read: the partial body is shown by the failure's words.
+    slow = make_tool(upstream[0], action_timeout=0.3)
+    for at in (len(body) - 1, len(body) - 6):
+        result = await slow.call("echo_auth_stall", {"pad": "x", "at": at}, ctx())
+        assert "[the rest of the answer did not come within 0.3 s]" in result.output
+        assert result.output.startswith("HTTP 200 OK\nx "), result.output
+        assert not _shows_secret(result), (at, result.output)
+
+
+async def test_encoded_echoes_of_a_secret_are_scrubbed(upstream: tuple[str, list[Any]]) -> None:
+    base, _ = upstream
+    secret = 'sk/te+st&"key"<1>'
+    definition = action(call_spec(base), {"Authorization": f"Bearer {secret}"})
+    tool = ActionTool.from_definition(definition, Settings(action_allowed_hosts=[base]))
+    result = await tool.call("echo_encoded", {}, ctx())
+    # As JSON with escaped slashes, percent-encoded (both ways), HTML-escaped.
+    assert result.output.split("\n") == [
+        "HTTP 200 OK",
+        json.dumps({"auth": REDACTED}),
+        REDACTED,
+        REDACTED,
+        REDACTED,
+    ]
+
+
+async def test_only_ascii_compatible_charsets_are_decoded(upstream: tuple[str, list[Any]]) -> None:
+    tool = make_tool(upstream[0])
+    text = "caf\u00e9 \u20ac"
+
+    async def body(name: str) -> str:
+        return (await tool.call(name, {}, ctx())).output.removeprefix("HTTP 200 OK\n")
+
+    assert await body("windows_1252") == text
+    assert await body("latin_1") == "caf\u00e9 ?"
+    # Others would let a secret through in a form no scrub matches, and a cut of their
+    # bytes is no cut of the text: read as UTF-8.
+    # (Without its NULs, which no database stores: UTF-16's ASCII reads as ASCII, so a
+    # secret echoed in it is scrubbed like any other.)
+    for name, charset in [("utf_16", "utf-16"), ("utf_7", "utf-7")]:
+        expected = text.encode(charset).decode("utf-8", errors="replace").replace("\x00", "")
+        assert await body(name) == expected
+
+
+async def test_compressed_answers_read_with_care(upstream: tuple[str, list[Any]]) -> None:
+    tool = make_tool(upstream[0], action_max_response_bytes=1000, action_timeout=5)
+    one_byte = await tool.call("raw_deflate_one_byte", {}, ctx())
+    assert one_byte.output == "HTTP 200 OK\nraw deflated"
+    # Refused by its head: the body that never comes is not waited for.
+    started = time.monotonic()
+    stalled = await tool.call("br_stall", {}, ctx())
+    assert time.monotonic() - started < 1.5
+    assert stalled.output == (
+        "HTTP 200 OK\nThe answer's body was not read: its Content-Encoding is 'br', and only "
+        "identity or one gzip or deflate layer is read."
+    )
+    trailing = await tool.call("gzip_trailing", {}, ctx())
+    assert trailing.output == (
+        "HTTP 200 OK\nfirst\n[data after the end of the answer's gzip stream was not read]"
+    )
+    # Input that inflates to nothing is bounded as well: 2 x 1000 + 64 KiB of it.
+    empty = await tool.call("empty_blocks", {}, ctx())
+    assert empty.output == (
+        "HTTP 200 OK\nhi\n[response cut: only its first 67536 deflate bytes were read, which "
+        "decode to 2 bytes]"
+    )
+
+
+async def test_specs_are_parsed_in_their_own_few_threads() -> None:
+    lock = threading.Lock()
+    running = peak = 0
+
+    def work() -> str:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.1)
+        with lock:
+            running -= 1
+        return threading.current_thread().name
+
+    names = await asyncio.gather(*(parse_in_thread(work) for _ in range(6)))
+    # Not asyncio's default executor, which also resolves names and does file I/O.
+    assert all(name.startswith("action-spec") for name in names), names
+    assert peak == 2
+
+
+def _asked_at_once(raw: Any, callers: int = 4) -> list[Any]:
+    """parse_cached(raw) from `callers` threads at once: their parses, or their refusals."""
+    barrier = threading.Barrier(callers)
+    results: list[Any] = []
+
+    def ask() -> None:
+        barrier.wait()
+        try:
+            results.append(parse_cached(raw))
+        except ActionSpecError as exc:
+            results.append(str(exc))
+
+    threads = [threading.Thread(target=ask) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_one_spec_asked_for_at_once_is_parsed_once() -> None:
+    """After a restart, every run of an assistant builds its tools at once: one parse (its
+    result, or its refusal) serves them all."""
+    spec = _large_spec(200_000)
+    spec["info"]["title"] = f"asked for at once {time.time_ns()}"
+    parsed = _asked_at_once(spec)
+    assert len(parsed) == 4 and all(result is parsed[0] for result in parsed), parsed
+    refused = _asked_at_once(make_spec(url=f"ftp://at-once-{time.time_ns()}.example"))
+    assert len(refused) == 4 and "must be an absolute http" in refused[0]
+    assert refused == [refused[0]] * 4
+
+
 def test_unknown_outcome(upstream: tuple[str, list[Any]]) -> None:
     tool = make_tool(upstream[0])
     result = tool.unknown_outcome("addPet", {"body": {"name": "Rex"}})
@@ -991,4 +1267,6 @@ def test_other_requests_are_answered_while_a_large_spec_is_checked(
         creating.join()
     assert created[0].status_code == 200, created[0].text[:500]
     assert len(created[0].json()["tools"][0]["data"]["openapi_spec"]["paths"]) == 100
-    assert answered >= 50, answered
+    # Measured: 485 to 939 with the threaded check, 3 to 7 with the check on the loop. 20 stays
+    # clear of the latter by a wide margin and tolerates a loaded CI machine.
+    assert answered >= 20, answered

@@ -51,7 +51,7 @@ from hal9100.llm.base import (
 from hal9100.llm.router import ModelRouter
 from hal9100.storage.base import ObjectStorage
 from hal9100.tools.base import ServerTool, ToolContext, ToolOutput
-from hal9100.tools.registry import SERVER_TOOLS, Toolset, toolset
+from hal9100.tools.registry import Toolset, build_toolset
 
 log = logging.getLogger(__name__)
 
@@ -189,21 +189,16 @@ class _Job:
             await session.commit()
 
     def tools(self, run: Run) -> Toolset:
+        """The run's tools, built once per execution (`prepare_tools` first)."""
         if self._tools is None:
-            self._tools = self._build_tools(run)
+            raise RuntimeError("the run's tools were not prepared")
         return self._tools
 
     async def prepare_tools(self, run: Run) -> None:
-        """Build the run's tools in a worker thread when they may take long: an action spec
-        this process has not parsed yet takes seconds, which on the event loop would stall
-        every run of the worker (their lease renewals too). Runs without server-side tools
-        (the common case, on the hot path) have theirs built by `tools()` in place."""
-        if self._tools is None and any(t.get("type") in SERVER_TOOLS for t in run.tools or []):
-            self._tools = await asyncio.to_thread(self._build_tools, run)
-
-    def _build_tools(self, run: Run) -> Toolset:
+        if self._tools is not None:
+            return
         try:
-            return toolset(run.tools or [], self.settings)
+            self._tools = await build_toolset(list(run.tools or []), self.settings)
         except ValueError as exc:
             raise _Failed(
                 {"code": "server_error", "message": f"The run's tools cannot be used: {exc}"}

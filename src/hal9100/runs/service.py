@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -44,6 +45,7 @@ from hal9100.threads.service import build_thread
 from hal9100.threads.service import to_object as thread_object
 from hal9100.tools.action import restore_redacted
 from hal9100.tools.action.check import check_tools, offered_functions
+from hal9100.tools.action.spec import all_parsed
 
 # A cancel re-reads the run and tries again this often when the run changes state under it.
 _CANCEL_ATTEMPTS = 5
@@ -72,35 +74,52 @@ def _check_include(include: list[str]) -> list[str]:
     return include
 
 
-async def _new_run(
-    runtime: Runtime,
-    body: RunCreate | ThreadAndRunCreate,
-    assistant: Assistant,
-    thread_id: str,
-    include: list[str],
-) -> Run:
-    """The run a request asks for; its `tools`, if any, have passed `check_tools`."""
-    created = now()
-    tools = (
-        restore_redacted(dump_json(body.tools), assistant.tools)
-        if body.tools is not None
-        else assistant.tools
-    )
+def _run_tools(
+    body: RunCreate | ThreadAndRunCreate, stored: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], Any]:
+    """The run's tools (the request's, else the assistant's `stored` ones) and its
+    tool_choice, checked but for a function it names (`_check_named`)."""
+    tools = restore_redacted(dump_json(body.tools), stored) if body.tools is not None else stored
     tool_choice = dump_json(body.tool_choice) if body.tool_choice is not None else "auto"
-    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
-        name = (tool_choice.get("function") or {}).get("name")
-        # Function tools and action tools' operations: the model calls both by name.
-        if name not in await offered_functions(tools):
-            raise bad_request(
-                f"Invalid 'tool_choice': the function '{name}' is not among the run's tools.",
-                "tool_choice",
-            )
-    elif isinstance(tool_choice, dict):
+    if isinstance(tool_choice, dict) and tool_choice.get("type") != "function":
         if not any(t.get("type") == tool_choice.get("type") for t in tools):
             raise bad_request(
                 f"Invalid 'tool_choice': the tool '{tool_choice.get('type')}' is not enabled.",
                 "tool_choice",
             )
+    return tools, tool_choice
+
+
+async def _check_named(session: AsyncSession, tools: list[dict[str, Any]], choice: Any) -> bool:
+    """Refuse a tool_choice naming a function no tool offers (function tools and action
+    tools' operations: the model calls both by name). Returns whether the session gave its
+    connection back first, to parse an action spec this process has not parsed yet in a
+    thread (an embedded server has one connection, which nothing else could use meanwhile)."""
+    if not (isinstance(choice, dict) and choice.get("type") == "function"):
+        return False
+    released = not all_parsed(tools)
+    if released:
+        await session.rollback()
+    name = (choice.get("function") or {}).get("name")
+    if name not in await offered_functions(tools):
+        raise bad_request(
+            f"Invalid 'tool_choice': the function '{name}' is not among the run's tools.",
+            "tool_choice",
+        )
+    return released
+
+
+def _new_run(
+    runtime: Runtime,
+    body: RunCreate | ThreadAndRunCreate,
+    assistant: Assistant,
+    thread_id: str,
+    include: list[str],
+    tools: list[dict[str, Any]],
+    tool_choice: Any,
+) -> Run:
+    """The run a request asks for, with the tools `_run_tools` settled."""
+    created = now()
     additional = body.additional_instructions if isinstance(body, RunCreate) else None
     return Run(
         id=ids.run_id(),
@@ -169,8 +188,15 @@ async def create(
     for attempt in range(1, _CREATE_ATTEMPTS + 1):
         await ThreadRepository(session).get_or_404(thread_id)
         assistant = await AssistantRepository(session).get_or_404(body.assistant_id, "assistant_id")
+        tools, tool_choice = _run_tools(body, assistant.tools)
+        if await _check_named(session, tools, tool_choice):
+            # The session let go to parse: read again what the run is made from.
+            await ThreadRepository(session).get_or_404(thread_id)
+            assistant = await AssistantRepository(session).get_or_404(
+                body.assistant_id, "assistant_id"
+            )
         await _ensure_idle(session, thread_id)
-        run = await _new_run(runtime, body, assistant, thread_id, include)
+        run = _new_run(runtime, body, assistant, thread_id, include, tools, tool_choice)
         for index, message in enumerate(body.additional_messages or []):
             session.add(
                 await build_message(session, thread_id, message, f"additional_messages[{index}]")
@@ -202,11 +228,15 @@ async def create_thread_and_run(
     if body.tools is not None:
         await check_tools(dump_json(body.tools))
     assistant = await AssistantRepository(session).get_or_404(body.assistant_id, "assistant_id")
+    tools, tool_choice = _run_tools(body, assistant.tools)
+    # Before the thread's first write, which a parse must not hold open.
+    if await _check_named(session, tools, tool_choice):
+        assistant = await AssistantRepository(session).get_or_404(body.assistant_id, "assistant_id")
     thread_body = body.thread or ThreadCreate()
     if body.tool_resources is not None and thread_body.tool_resources is None:
         thread_body = thread_body.model_copy(update={"tool_resources": body.tool_resources})
     thread = await build_thread(session, thread_body)
-    run = await _new_run(runtime, body, assistant, thread.id, [])
+    run = _new_run(runtime, body, assistant, thread.id, [], tools, tool_choice)
     session.add(run)
     await session.commit()
     queued = run_object(run)

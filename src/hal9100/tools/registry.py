@@ -15,6 +15,7 @@ from typing import Any
 from hal9100.config import Settings
 from hal9100.llm.base import FunctionTool
 from hal9100.tools.action import ActionTool
+from hal9100.tools.action.spec import parse_in_thread
 from hal9100.tools.base import ServerTool
 
 SERVER_TOOLS: dict[str, Callable[[dict[str, Any], Settings], ServerTool]] = {
@@ -66,3 +67,13 @@ def toolset(definitions: list[dict[str, Any]], settings: Settings) -> Toolset:
                 )
             )
     return out
+
+
+async def build_toolset(definitions: list[dict[str, Any]], settings: Settings) -> Toolset:
+    """`toolset`, built in the spec parsers' threads when a server-side tool is among the
+    definitions: an action spec this process has not parsed yet takes seconds, which on the
+    event loop would stall every run of the worker (their lease renewals too). Runs without
+    one, the common case on the hot path, are built in place."""
+    if any(d.get("type") in SERVER_TOOLS for d in definitions):
+        return await parse_in_thread(toolset, definitions, settings)
+    return toolset(definitions, settings)

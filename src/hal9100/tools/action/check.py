@@ -2,13 +2,13 @@
 validation, functions), then the functions' names across all the tools.
 
 Request validation keeps only the cheap checks (types, the specs' sizes, headers); parsing a
-spec of a megabyte takes seconds, so the services run these in a worker thread rather than
-on the event loop that serves every other request and stream of the process.
+spec of a megabyte takes seconds, so the services run these in a spec-parsing thread
+(`parse_in_thread`) rather than on the event loop that serves every other request and stream
+of the process.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from hal9100.core.errors import bad_request
@@ -18,6 +18,7 @@ from hal9100.tools.action.spec import (
     ParsedSpec,
     check_spec,
     function_names,
+    parse_in_thread,
 )
 
 
@@ -30,7 +31,7 @@ async def check_tools(tools: list[dict[str, Any]]) -> None:
     spec cannot be used or whose functions cannot all be offered together. Leaves each spec's
     parse in the cache that `function_names` and the engine read."""
     if _has_action(tools):
-        await asyncio.to_thread(_check_tools, tools)
+        await parse_in_thread(_check_tools, tools)
     else:
         # Function tools only: nothing slow, and no thread hop.
         _check_names(tools, {})
@@ -40,7 +41,7 @@ async def offered_functions(tools: list[dict[str, Any]]) -> set[str]:
     """`function_names` off the event loop when a spec may need parsing (stored tools that
     this process has not parsed yet)."""
     if _has_action(tools):
-        return await asyncio.to_thread(function_names, tools)
+        return await parse_in_thread(function_names, tools)
     return function_names(tools)
 
 

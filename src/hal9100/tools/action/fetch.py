@@ -5,14 +5,20 @@ text; nothing here logs, so request headers (data.headers' secrets) are never wr
 from __future__ import annotations
 
 import asyncio
+import codecs
+import html
 import json
+import re
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 
 from hal9100.tools.action import net
+from hal9100.tools.action.redact import REDACTED
 from hal9100.tools.action.spec import IDEMPOTENT
 
 if TYPE_CHECKING:
@@ -20,6 +26,61 @@ if TYPE_CHECKING:
 
 MAX_REDIRECTS = 5
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Shorter header values are not scrubbed from outputs: they are not credentials, and replacing
+# every "2" or "json" in an answer would garble it.
+MIN_SCRUBBED = 8
+# A cut answer that ends in this many or more of a secret's first characters has them redacted:
+# the model can size an echoed argument to place the cut inside an echoed secret.
+MIN_SECRET_TAIL = 4
+
+
+def _secret_forms(secrets: Iterable[str]) -> list[str]:
+    """data.headers' values (whole, or any of their words, such as the token after `Bearer`)
+    as an API may echo them: plain, JSON-escaped (slashes too, as PHP writes them),
+    percent-encoded, HTML-escaped. Longest first, so a longer form is replaced whole."""
+    words = {
+        part
+        for value in secrets
+        for part in (value, value.strip(), *value.split())
+        if len(part) >= MIN_SCRUBBED
+    }
+    forms: set[str] = set()
+    for word in words:
+        in_json = json.dumps(word)[1:-1]
+        forms.update(
+            (
+                word,
+                in_json,
+                in_json.replace("/", "\\/"),
+                word.replace("/", "\\/"),
+                quote(word, safe=""),
+                quote_plus(word, safe=""),
+                html.escape(word),
+                html.escape(word, quote=False),
+            )
+        )
+    return sorted(forms, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Iterable[str], cut: bool = False) -> str:
+    """`text` without data.headers' values, whatever put them there: an error quoting the
+    request, an API echoing it. `cut`: the text is the start of a longer one, so an end that
+    begins a secret is redacted too."""
+    forms = _secret_forms(secrets)
+    for form in forms:
+        text = text.replace(form, REDACTED)
+    if not cut:
+        return text
+    start = len(text)
+    for form in forms:
+        # The earliest start of a tail that begins this form: the longest such tail.
+        i = text.find(form[0], max(0, len(text) - len(form) + 1), len(text) - MIN_SECRET_TAIL + 1)
+        while i != -1 and i < start:
+            if form.startswith(text[i:]):
+                start = i
+                break
+            i = text.find(form[0], i + 1, len(text) - MIN_SECRET_TAIL + 1)
+    return text[:start] + REDACTED if start < len(text) else text
 
 
 @dataclass(slots=True)
@@ -109,7 +170,8 @@ def _failure(
             if timed_out
             else f"[the rest of the answer could not be read: {_what_failed(exc)}]"
         )
-        return _render(progress.response, progress.data, settings, [note])
+        secrets = request.secret_headers.values()
+        return _render(progress.response, progress.data, settings, [note], secrets, partial=True)
     shown = f"{request.method} {request.url}"
     if progress.sent and request.method not in IDEMPOTENT:
         # Calling it again could do twice what the API does once (e.g. place an order).
@@ -171,7 +233,7 @@ async def _exchange(
                     method, has_body, body = "GET", False, None
                 url = next_url
                 continue
-            return await _read(response, settings, progress)
+            return await _read(response, settings, progress, request.secret_headers.values())
         finally:
             await response.aclose()
     raise AssertionError("unreachable: the loop returns")
@@ -215,29 +277,72 @@ class _Inflater:
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
         self._z = zlib.decompressobj(DECODED[encoding])
-        self._started = False
+        self._raw = False
+        # The input taken before the format is settled, for a raw-deflate retry to start with.
+        self._taken = b""
+        self._settled = False
 
     @property
     def eof(self) -> bool:
         return self._z.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        """Input after the end of the compressed stream."""
+        return self._z.unused_data
 
     def decompress(self, data: bytes, max_length: int) -> tuple[bytes, bytes]:
         """Up to max_length (>= 1) decoded bytes, and the input left for the next call."""
         try:
             out = self._z.decompress(data, max_length)
         except zlib.error:
-            if self.encoding != "deflate" or self._started:
+            if self.encoding != "deflate" or self._raw or self._settled:
                 raise
             # Some servers send "deflate" as raw deflate, without zlib's header (as httpx,
             # browsers accept it).
             self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+            self._raw = True
+            data, self._taken = self._taken + data, b""
             out = self._z.decompress(data, max_length)
-        self._started = True
+        if not self._settled:
+            consumed = len(data) - len(self._z.unconsumed_tail) - len(self._z.unused_data)
+            self._taken += data[:consumed]
+            # zlib checks its two-byte header once it has both bytes: a first chunk of one
+            # byte raises nothing, and the raw retry must still be open for the next one.
+            self._settled = bool(out) or len(self._taken) >= 2
+            if self._settled:
+                self._taken = b""
         return out, self._z.unconsumed_tail
 
 
-async def _read(response: httpx.Response, settings: Settings, progress: _Progress) -> str:
+def _charset(response: httpx.Response) -> str:
+    """The answer's charset if ASCII-compatible, else UTF-8: secrets are scrubbed as ASCII
+    text, and a byte cut must end the text where it ends the bytes (UTF-16 or UTF-7 would
+    hide a secret from both)."""
+    try:
+        name = codecs.lookup(response.charset_encoding or "utf-8").name
+    except LookupError:
+        return "utf-8"
+    if name in ("utf-8", "ascii") or re.fullmatch(r"iso8859-\d+|cp125\d", name):
+        return name
+    return "utf-8"
+
+
+def _has_body(response: httpx.Response) -> bool:
+    return not (
+        response.request.method == "HEAD"
+        or response.status_code in (204, 304)
+        or response.headers.get("content-length") == "0"
+    )
+
+
+async def _read(
+    response: httpx.Response, settings: Settings, progress: _Progress, secrets: Iterable[str]
+) -> str:
     cap = settings.action_max_response_bytes
+    # Compressed input can inflate to little (empty deflate blocks without end): it is bounded
+    # too, or a server could keep the call reading until its timeout.
+    raw_cap = 2 * cap + 64 * 1024
     progress.response = response
     data = progress.data = bytearray()
     encodings = [
@@ -245,23 +350,23 @@ async def _read(response: httpx.Response, settings: Settings, progress: _Progres
         for e in response.headers.get_list("content-encoding", split_commas=True)
         if e.strip() and e.strip().lower() != "identity"
     ]
-    inflater: _Inflater | None = None
+    if (len(encodings) > 1 or (encodings and encodings[0] not in DECODED)) and _has_body(response):
+        # Decided from the head alone: a server that sends such a head and then stalls is
+        # not waited for.
+        return (
+            f"{_head(response)}\nThe answer's body was not read: its Content-Encoding is "
+            f"'{', '.join(encodings)}', and only identity or one gzip or deflate layer is read."
+        )
+    inflater = _Inflater(encodings[0]) if len(encodings) == 1 else None
     truncated = False
+    partial = False
+    raw = 0
     notes: list[str] = []
     try:
         # Raw bytes: httpx's own decoding would inflate each chunk whole, and stack layers.
         async for chunk in response.aiter_raw():
             if not chunk:
                 continue
-            if encodings and inflater is None:
-                if len(encodings) > 1 or encodings[0] not in DECODED:
-                    head = _head(response)
-                    return (
-                        f"{head}\nThe answer's body was not read: its Content-Encoding is "
-                        f"'{', '.join(encodings)}', and only identity or one gzip or deflate "
-                        "layer is read."
-                    )
-                inflater = _Inflater(encodings[0])
             if inflater is None:
                 room = cap - len(data)
                 data += chunk[:room]
@@ -269,7 +374,8 @@ async def _read(response: httpx.Response, settings: Settings, progress: _Progres
                     truncated = True
                     break
                 continue
-            pending = chunk
+            pending = chunk[: raw_cap - raw]
+            raw += len(pending)
             while pending and not inflater.eof:
                 room = cap - len(data)
                 # One byte more than there is room for tells a cut answer from one that fits.
@@ -280,14 +386,36 @@ async def _read(response: httpx.Response, settings: Settings, progress: _Progres
                     break
             if truncated or inflater.eof:
                 break
+            if raw >= raw_cap:
+                partial = True
+                notes.append(
+                    f"[response cut: only its first {raw_cap} {inflater.encoding} bytes were "
+                    f"read, which decode to {len(data)} bytes]"
+                )
+                break
+        if inflater is not None and inflater.eof and inflater.unused_data:
+            notes.append(
+                f"[data after the end of the answer's {inflater.encoding} stream was not read]"
+            )
     except zlib.error:
+        partial = True
         encoding = inflater.encoding if inflater is not None else "compressed"
         notes.append(f"[the rest of the answer could not be read: its {encoding} data is invalid]")
     except httpx.TimeoutException:
+        partial = True
         notes.append("[the rest of the answer did not come in time]")
     except httpx.HTTPError as exc:
+        partial = True
         notes.append(f"[the rest of the answer could not be read: {_what_failed(exc)}]")
-    return _render(response, data, settings, notes, cut=cap if truncated else None)
+    return _render(
+        response,
+        data,
+        settings,
+        notes,
+        secrets,
+        cut=cap if truncated else None,
+        partial=partial or truncated,
+    )
 
 
 def _head(response: httpx.Response) -> str:
@@ -299,13 +427,17 @@ def _render(
     data: bytearray,
     settings: Settings,
     notes: list[str],
+    secrets: Iterable[str],
     cut: int | None = None,
+    partial: bool = False,
 ) -> str:
-    """The answer's head and body text, with notes on what was left out and why."""
-    try:
-        text = bytes(data).decode(response.charset_encoding or "utf-8", errors="replace")
-    except LookupError:
-        text = bytes(data).decode("utf-8", errors="replace")
+    """The answer's head and body text, with notes on what was left out and why. Secrets are
+    scrubbed from the whole text before it is cut to the output's limit (a cut secret would
+    no longer match); a body read only in part may end inside one, and that end goes too."""
+    # NUL goes (no database stores it): UTF-16 text read as UTF-8 would otherwise keep a
+    # secret it echoes with a NUL between its characters, past the scrub.
+    decoded = bytes(data).decode(_charset(response), errors="replace").replace("\x00", "")
+    text = scrub(decoded, secrets, cut=partial)
     shown = []
     if cut is not None:
         shown.append(f"[response cut: only its first {cut} bytes were read]")

@@ -10,6 +10,8 @@ describe a body the API may not accept). Cycles elsewhere (e.g. in responses) ar
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import hashlib
 import json
@@ -17,12 +19,23 @@ import math
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote
 
 import httpx
 import yaml
+
+# At import, not at the first check: importing the validator in a parsing thread would take
+# the import lock while the event loop's thread may need it.
+from jsonschema_path import SchemaPath
+from openapi_spec_validator.shortcuts import get_validator_cls
+from openapi_spec_validator.validation.exceptions import (
+    OpenAPIValidationError,
+    ValidatorDetectError,
+)
 
 from hal9100.tools.base import FunctionSpec
 
@@ -162,14 +175,6 @@ def _validate(data: dict[str, Any]) -> None:
         )
     if not isinstance(version, str) or not re.match(r"^3\.\d+(\.\d+)?", version):
         raise ActionSpecError("the spec must be OpenAPI 3.x: its 'openapi' field is missing")
-    # Imported here: the validator's import is slow and only spec checks need it.
-    from jsonschema_path import SchemaPath
-    from openapi_spec_validator.shortcuts import get_validator_cls
-    from openapi_spec_validator.validation.exceptions import (
-        OpenAPIValidationError,
-        ValidatorDetectError,
-    )
-
     try:
         cls = get_validator_cls(data)
     except ValidatorDetectError:
@@ -489,12 +494,12 @@ def check_spec_size(value: str | dict[str, Any]) -> str | dict[str, Any]:
 
 def check_spec(value: str | dict[str, Any]) -> ParsedSpec:
     """A tool's openapi_spec as a client sends it: its parse, or ActionSpecError. Seconds for
-    a spec of a megabyte: callers on the event loop run it in a worker thread."""
-    parsed = parse(value, _max_spec_bytes())
+    a spec of a megabyte: callers on the event loop run it with `parse_in_thread`."""
+    check_spec_size(value)
     # Cached: the request's check of function names across its tools, its tool_choice, and
-    # the engine at the run's first turn read the same parse.
-    _remember(spec_key(value), parsed)
-    return parsed
+    # the engine at the run's first turn read the same parse. The size is the only check
+    # that depends on the limit, so a parse cached without it serves here too.
+    return parse_cached(value)
 
 
 def spec_bytes(raw: Any) -> int:
@@ -557,6 +562,19 @@ _cache: OrderedDict[str, ParsedSpec] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
+class _Flight:
+    """One parse in progress, which other callers of the same spec wait for: after a restart,
+    every run of an assistant would otherwise parse its (uncached) spec at once."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.parsed: ParsedSpec | None = None
+        self.error: ActionSpecError | None = None
+
+
+_flights: dict[str, _Flight] = {}
+
+
 def spec_key(raw: str | dict[str, Any]) -> str:
     text = raw if isinstance(raw, str) else json.dumps(raw, sort_keys=True, separators=(",", ":"))
     prefix = "s" if isinstance(raw, str) else "o"
@@ -564,17 +582,50 @@ def spec_key(raw: str | dict[str, Any]) -> str:
 
 
 def parse_cached(raw: str | dict[str, Any]) -> ParsedSpec:
+    """`parse(raw)` from the cache, or parsed once however many threads ask for it at once.
+    Seconds for a spec of a megabyte: callers on the event loop use `parse_in_thread`."""
     key = spec_key(raw)
     with _cache_lock:
         parsed = _cache.get(key)
         if parsed is not None:
             _cache.move_to_end(key)
             return parsed
-    # The size limit was applied when the spec was stored; a lower one set since then does
-    # not break existing assistants.
-    parsed = parse(raw)
-    _remember(key, parsed)
-    return parsed
+        flight = _flights.get(key)
+        leader = flight is None
+        if flight is None:
+            flight = _flights[key] = _Flight()
+    if not leader:
+        flight.done.wait()
+        if flight.parsed is not None:
+            return flight.parsed
+        if flight.error is not None:
+            raise ActionSpecError(str(flight.error))
+        # The parse failed some other way (its leader got the exception): this call tries.
+        return parse_cached(raw)
+    try:
+        # The size limit was applied when the spec was stored; a lower one set since then does
+        # not break existing assistants.
+        flight.parsed = parse(raw)
+        _remember(key, flight.parsed)
+        return flight.parsed
+    except ActionSpecError as exc:
+        flight.error = exc
+        raise
+    finally:
+        with _cache_lock:
+            del _flights[key]
+        flight.done.set()
+
+
+def all_parsed(tools: list[dict[str, Any]]) -> bool:
+    """Whether every action spec among stored `tools` is in the cache (reading their
+    functions then takes no parse)."""
+    with _cache_lock:
+        return all(
+            spec_key((tool.get("data") or {}).get("openapi_spec") or {}) in _cache
+            for tool in tools
+            if tool.get("type") == "action"
+        )
 
 
 def _remember(key: str, parsed: ParsedSpec) -> None:
@@ -582,3 +633,20 @@ def _remember(key: str, parsed: ParsedSpec) -> None:
         _cache[key] = parsed
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
+
+
+# Parsing's own threads: asyncio's default executor (a few threads on a small machine) also
+# resolves names for new connections and does the local file storage's I/O, which a few
+# parses of a megabyte each would hold up for seconds.
+PARSE_THREADS = 2
+_parsers = ThreadPoolExecutor(max_workers=PARSE_THREADS, thread_name_prefix="action-spec")
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+async def parse_in_thread(func: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """`func(*args, **kwargs)` in a spec-parsing thread (as asyncio.to_thread, context
+    variables included): for any call that may parse a spec, e.g. building a run's tools."""
+    call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_parsers, call)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 
 from hal9100.tools.action import fetch
-from hal9100.tools.action.redact import REDACTED
 from hal9100.tools.action.spec import (
     BODY,
     HEADER_VALUE,
@@ -36,26 +34,6 @@ if TYPE_CHECKING:
 
 class ArgumentError(ValueError):
     pass
-
-
-# Shorter header values are not scrubbed from outputs: they are not credentials, and replacing
-# every "2" or "json" in an answer would garble it.
-MIN_SCRUBBED = 8
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` without data.headers' values (whole, or any of their words, such as the token
-    after `Bearer`), whatever put them there: an error quoting the request, an API echoing
-    it."""
-    parts = {
-        part
-        for value in secrets
-        for part in (value, value.strip(), *value.split())
-        if len(part) >= MIN_SCRUBBED
-    }
-    for part in sorted(parts, key=len, reverse=True):
-        text = text.replace(part, REDACTED)
-    return text
 
 
 def _scalar(value: Any) -> str:
@@ -216,8 +194,10 @@ class ActionTool:
         )
 
     def _output(self, name: str, arguments: dict[str, Any], output: str) -> ToolOutput:
-        # The output goes to the model, the run step, its events and the database.
-        output = scrub(output, self._headers.values())
+        # The output goes to the model, the run step, its events and the database. An answer's
+        # body was scrubbed before it was cut (fetch._render); this also covers the rest (a
+        # redirect's location, a URL quoted in a failure).
+        output = fetch.scrub(output, self._headers.values())
         return ToolOutput(
             output=output,
             details={
