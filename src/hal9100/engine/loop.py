@@ -188,21 +188,16 @@ class _Job:
             session.add_all(rows)
             await session.commit()
 
-    def tools(self, run: Run) -> Toolset:
-        """The run's tools, built once per execution (`prepare_tools` first)."""
+    async def tools(self, run: Run) -> Toolset:
+        """The run's tools, built once per execution."""
         if self._tools is None:
-            raise RuntimeError("the run's tools were not prepared")
+            try:
+                self._tools = await build_toolset(list(run.tools or []), self.settings)
+            except ValueError as exc:
+                raise _Failed(
+                    {"code": "server_error", "message": f"The run's tools cannot be used: {exc}"}
+                ) from exc
         return self._tools
-
-    async def prepare_tools(self, run: Run) -> None:
-        if self._tools is not None:
-            return
-        try:
-            self._tools = await build_toolset(list(run.tools or []), self.settings)
-        except ValueError as exc:
-            raise _Failed(
-                {"code": "server_error", "message": f"The run's tools cannot be used: {exc}"}
-            ) from exc
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -273,8 +268,7 @@ class _Job:
 
     async def _turn(self, run: Run) -> Run | None:
         """One model call; returns the run when it goes on, None when it came to rest."""
-        await self.prepare_tools(run)
-        tools = self.tools(run)
+        tools = await self.tools(run)
         resolved = self.x.router.resolve(run.model)
         used = run.usage or {"prompt_tokens": 0, "completion_tokens": 0}
         completion_left = None
@@ -355,9 +349,8 @@ class _Job:
 
     # --- ending a turn -------------------------------------------------------------------
 
-    def _sort_calls(self, run: Run, calls: list[Call]) -> int:
+    def _sort_calls(self, tools: Toolset, calls: list[Call]) -> int:
         """Decide who answers each call; returns how many the model must redo."""
-        tools = self.tools(run)
         offered = tools.names
         correct = self.settings.tool_call_corrections > 0
         invalid = 0
@@ -390,7 +383,7 @@ class _Job:
         values: dict[str, Any] = {"usage": usage, "failed_executions": 0}
         open_calls = False
         if calls and not cut_short:
-            invalid = self._sort_calls(run, calls)
+            invalid = self._sort_calls(await self.tools(run), calls)
             # With corrections off only a server-side call can be sent back (it cannot run
             # without JSON arguments); HAL9100_MAX_TURNS bounds that.
             if invalid and self.settings.tool_call_corrections > 0:
@@ -425,13 +418,8 @@ class _Job:
         else:
             values.update(terminal_values("completed"))
         async with self.x.sessions() as session:
-            updated = await transition(
-                session, self.run_id, ("in_progress",), values, epoch=self.epoch
-            )
-            if updated is None:
-                await session.rollback()
-                # Cancelled (or expired) between the last token and now: stop as asked.
-                raise await self._why_not_in_progress()
+            # Fenced: cancelled (or expired) between the last token and now, it stops as asked.
+            updated = await self._fence(session, values)
             end = TurnEnd(
                 text="".join(turn.text),
                 calls=calls,
@@ -490,8 +478,7 @@ class _Job:
         calls of the same turn."""
         assert run.open_calls is not None
         calls = [Call.load(c) for c in run.open_calls]
-        await self.prepare_tools(run)
-        tools = self.tools(run)
+        tools = await self.tools(run)
         todo: list[tuple[Call, ServerTool]] = []
         for call in calls:
             if call.kind != "server" or call.state == "done":
@@ -501,8 +488,7 @@ class _Job:
                 # The run's tools no longer offer it (the server was upgraded between the
                 # turn and now): the model hears so, and goes on.
                 output = f"Error: the function {call.name} is no longer available. Nothing was run."
-                call.output = output
-                await self._call_done(call, ToolOutput(output, call.function_details()), calls)
+                await self._call_done(call, _error(call, output), calls)
                 continue
             arguments = _arguments(call)
             if call.state == "running" and not tool.repeatable(call.name, arguments):
@@ -556,8 +542,7 @@ class _Job:
             raise
         except Exception as exc:
             log.exception("run %s: tool call %s (%s) failed", self.run_id, call.id, call.name)
-            call.output = f"Error: the call failed inside the server ({type(exc).__name__})."
-            return ToolOutput(call.output, call.function_details())
+            return _error(call, f"Error: the call failed inside the server ({type(exc).__name__}).")
 
     async def _call_done(self, call: Call, result: ToolOutput, calls: list[Call]) -> None:
         # What a tool read from elsewhere (an API's body) may hold NUL or lone surrogates,
@@ -709,6 +694,11 @@ def _storable(value: Any) -> Any:
     if isinstance(value, list):
         return [_storable(item) for item in value]
     return value
+
+
+def _error(call: Call, output: str) -> ToolOutput:
+    function = {"name": call.name, "arguments": call.arguments, "output": output}
+    return ToolOutput(output, {"type": "function", "function": function})
 
 
 def _arguments(call: Call) -> dict[str, Any]:
