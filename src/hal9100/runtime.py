@@ -20,7 +20,7 @@ from hal9100.config import Settings
 from hal9100.db.engine import SessionMaker, make_engine, make_sessionmaker
 from hal9100.events.base import EventBus
 from hal9100.llm.router import ModelRouter
-from hal9100.queue.base import RunQueue
+from hal9100.queue.base import TaskQueue
 from hal9100.storage.base import ObjectStorage
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Runtime:
     sessions: SessionMaker
     storage: ObjectStorage
     bus: EventBus
-    queue: RunQueue
+    queue: TaskQueue
     router: ModelRouter
 
     def _parts(self) -> dict[str, tuple[str, str, Callable[[], Awaitable[None]]]]:
@@ -167,18 +167,18 @@ def make_bus(settings: Settings) -> EventBus:
     return MemoryEventBus()
 
 
-def make_queue(settings: Settings) -> RunQueue:
+def make_queue(settings: Settings) -> TaskQueue:
     if settings.redis_url:
-        from hal9100.queue.redis import RedisRunQueue
+        from hal9100.queue.redis import RedisTaskQueue
 
-        return RedisRunQueue(
+        return RedisTaskQueue(
             settings.redis_url,
             name=f"{settings.redis_prefix}-runs",
             drain_seconds=settings.drain_seconds,
         )
-    from hal9100.queue.memory import MemoryRunQueue
+    from hal9100.queue.memory import MemoryTaskQueue
 
-    return MemoryRunQueue(drain_seconds=settings.drain_seconds)
+    return MemoryTaskQueue(drain_seconds=settings.drain_seconds)
 
 
 def make_router(settings: Settings) -> ModelRouter:

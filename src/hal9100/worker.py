@@ -24,6 +24,7 @@ from hal9100.db.models import Run
 from hal9100.engine.loop import Engine
 from hal9100.engine.recorder import Execution
 from hal9100.engine.state import ACTIVE, RUNNABLE, terminal_values, transition
+from hal9100.queue.base import EXECUTE_RUN
 from hal9100.runs.lifecycle import close_open_work, run_event
 from hal9100.runs.recorder import AssistantsRecorder
 from hal9100.runtime import Runtime, connect_runtime
@@ -56,7 +57,9 @@ class Worker:
 
     async def start(self) -> None:
         self.runtime.router.warm()
-        await self.runtime.queue.start_consuming(self.engine.execute, self.concurrency)
+        await self.runtime.queue.start_consuming(
+            {EXECUTE_RUN: self.engine.execute}, self.concurrency
+        )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="run-sweeper")
 
     async def stop(self) -> None:
@@ -138,7 +141,7 @@ async def sweep(runtime: Runtime) -> None:
             await session.commit()
         if getattr(result, "rowcount", 0):
             log.info("run %s: dispatch or lease lapsed, re-queueing", run_id)
-            await runtime.queue.enqueue(run_id)
+            await runtime.queue.enqueue(EXECUTE_RUN, run_id)
 
 
 async def release_leases(url: str) -> None:

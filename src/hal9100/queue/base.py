@@ -1,25 +1,30 @@
-"""The run queue: the API enqueues run ids; workers take them and call the executor.
+"""The task queue: the API enqueues named tasks, each with a key (a run's id); workers take
+them and call the task's handler.
 
-The queue only says "this run has work to do". The database holds the run's state and a
-lease on it, so a run delivered twice executes once, and a run lost from the queue is found
-again by the sweeper.
+A task only says "this has work to do". The database holds the state and a lease on it, so
+a task delivered twice does its work once, and a task lost from the queue is found again by
+a sweeper. File ingestion will be the second task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
-RunHandler = Callable[[str], Awaitable[None]]
+# The task that executes a run; its key is the run's id.
+EXECUTE_RUN = "execute_run"
+
+Handler = Callable[[str], Awaitable[None]]
 
 
-class RunQueue(Protocol):
-    async def enqueue(self, run_id: str) -> None: ...
+class TaskQueue(Protocol):
+    async def enqueue(self, task: str, key: str) -> None: ...
 
-    async def start_consuming(self, handler: RunHandler, concurrency: int) -> None:
-        """Begin calling `handler(run_id)` for queued runs, at most `concurrency` at once."""
+    async def start_consuming(self, handlers: Mapping[str, Handler], concurrency: int) -> None:
+        """Begin calling `handlers[task](key)` for queued tasks, at most `concurrency` at
+        once in all."""
         ...
 
     async def aclose(self) -> None:
-        """Stop taking runs and wait for the ones in hand to finish."""
+        """Stop taking tasks and wait for the ones in hand to finish."""
         ...

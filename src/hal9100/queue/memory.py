@@ -1,43 +1,46 @@
-"""The in-process run queue of embedded mode: an asyncio queue and a fixed set of tasks."""
+"""The in-process task queue of embedded mode: an asyncio queue and a fixed set of tasks."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 
-from hal9100.queue.base import RunHandler
+from hal9100.queue.base import Handler
 
 log = logging.getLogger(__name__)
 
 
-class MemoryRunQueue:
+class MemoryTaskQueue:
     def __init__(self, drain_seconds: float = 30.0) -> None:
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.drain_seconds = drain_seconds
 
-    async def enqueue(self, run_id: str) -> None:
-        self._queue.put_nowait(run_id)
+    async def enqueue(self, task: str, key: str) -> None:
+        self._queue.put_nowait((task, key))
 
-    async def start_consuming(self, handler: RunHandler, concurrency: int) -> None:
+    async def start_consuming(self, handlers: Mapping[str, Handler], concurrency: int) -> None:
         for index in range(concurrency):
             self._tasks.append(
-                asyncio.create_task(self._consume(handler), name=f"run-worker-{index}")
+                asyncio.create_task(self._consume(handlers), name=f"task-worker-{index}")
             )
 
-    async def _consume(self, handler: RunHandler) -> None:
-        while (run_id := await self._queue.get()) is not None:
+    async def _consume(self, handlers: Mapping[str, Handler]) -> None:
+        while (item := await self._queue.get()) is not None:
+            task, key = item
             try:
-                await handler(run_id)
+                await handlers[task](key)
             except Exception:
-                # The executor records failures on the run itself; this only keeps the
-                # worker alive if something escaped it.
-                log.exception("run %s: executor raised", run_id)
+                # Handlers record failures on what they work on; this only keeps the worker
+                # alive if something escaped them.
+                log.exception("%s %s: handler raised", task, key)
 
     async def aclose(self) -> None:
-        """Finish the runs in hand (up to drain_seconds); runs still waiting stay `queued` in
-        the database, and the sweeper of the next process to start picks them up."""
+        """Finish the tasks in hand (up to drain_seconds); what was still waiting keeps its
+        state in the database (a run stays `queued`), and the sweeper of the next process to
+        start picks it up."""
         while not self._queue.empty():
             self._queue.get_nowait()
         for _ in self._tasks:

@@ -1,10 +1,10 @@
-"""Run dispatch through Redis with SAQ, for API and worker processes on many machines.
+"""Task dispatch through Redis with SAQ, for API and worker processes on many machines.
 
 SAQ was chosen over arq because it dequeues with a blocking list move (BLMOVE): a worker
 takes a run the moment it is queued, where arq polls a sorted set (0.5 s by default), which
-would sit in every run's time to first token. The queue only carries "run X has work"; the
-run's state and its lease live in the database, so a job delivered twice runs once and a
-job lost with Redis is re-dispatched by the sweeper.
+would sit in every run's time to first token. The queue only carries "task T has work for
+key K"; the state and its lease live in the database, so a job delivered twice runs once and
+a job lost with Redis is re-dispatched by the sweeper.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -20,9 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from saq import Worker
 from saq.queue.redis import RedisQueue as SaqRedisQueue
 
-from hal9100.queue.base import RunHandler
-
-TASK = "execute_run"
+from hal9100.queue.base import Handler
 
 
 class _Queue(SaqRedisQueue):
@@ -40,7 +39,7 @@ class _Queue(SaqRedisQueue):
 log = logging.getLogger(__name__)
 
 
-class RedisRunQueue:
+class RedisTaskQueue:
     def __init__(self, url: str, *, name: str = "hal9100-runs", drain_seconds: int = 30) -> None:
         self.queue = _Queue.from_url(url, name=name)
         self.drain_seconds = drain_seconds
@@ -48,35 +47,39 @@ class RedisRunQueue:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def enqueue(self, run_id: str) -> None:
-        """Hand the run to a worker. If Redis is down the run stays queued in the database,
-        and the sweeper dispatches it once its dispatch deadline passes."""
+    async def enqueue(self, task: str, key: str) -> None:
+        """Hand the task to a worker. If Redis is down its work stays on record in the
+        database (a run stays queued), and the sweeper dispatches it once its dispatch
+        deadline passes."""
         try:
-            await self._enqueue(run_id)
+            await self._enqueue(task, key)
         except (RedisConnectionError, RedisTimeoutError, OSError):
-            log.warning("run %s: Redis unavailable, leaving dispatch to the sweeper", run_id)
+            log.warning("%s %s: Redis unavailable, leaving dispatch to the sweeper", task, key)
 
-    async def _enqueue(self, run_id: str) -> None:
+    async def _enqueue(self, task: str, key: str) -> None:
         await self.queue.enqueue(
-            TASK,
-            run_id=run_id,
-            # A fresh key each time: the same run is queued again after tool outputs while
-            # its previous job may still be closing; the database lease de-duplicates.
-            key=f"{run_id}:{uuid.uuid4().hex}",
+            task,
+            task_key=key,
+            # A fresh job key each time: the same run is queued again after tool outputs
+            # while its previous job may still be closing; the database lease de-duplicates.
+            key=f"{key}:{uuid.uuid4().hex}",
             timeout=0,
             retries=1,
             ttl=60,
         )
 
-    async def start_consuming(self, handler: RunHandler, concurrency: int) -> None:
-        async def execute_run(ctx: dict[str, Any], *, run_id: str) -> None:
-            await handler(run_id)
+    async def start_consuming(self, handlers: Mapping[str, Handler], concurrency: int) -> None:
+        def job(handler: Handler) -> Any:
+            async def run(ctx: dict[str, Any], **kwargs: Any) -> None:
+                # `run_id`: what jobs queued by HAL-9100 before named tasks carried.
+                await handler(kwargs.get("task_key") or kwargs["run_id"])
 
-        execute_run.__qualname__ = TASK
-        execute_run.__name__ = TASK
+            return run
+
+        functions = [(name, job(handler)) for name, handler in handlers.items()]
         worker: Worker[Any] = Worker(
             self.queue,
-            functions=[execute_run],
+            functions=functions,
             concurrency=concurrency,
             shutdown_grace_period_s=self.drain_seconds,
             # SAQ's stop waits for all its loops, which notice the stop only between sleeps
@@ -92,7 +95,7 @@ class RedisRunQueue:
         self._task = asyncio.create_task(worker.start(), name="saq-worker")
 
     async def aclose(self) -> None:
-        """Stop taking runs, let the ones in hand finish (up to drain_seconds), then go."""
+        """Stop taking tasks, let the ones in hand finish (up to drain_seconds), then go."""
         worker, task = self._worker, self._task
         self._worker = self._task = None
         if worker is not None and task is not None:

@@ -22,6 +22,7 @@ from hal9100.db.models import Assistant, Run, RunStep
 from hal9100.engine.state import TERMINAL, terminal_values, transition
 from hal9100.events.base import RunEvent
 from hal9100.messages.service import build_message
+from hal9100.queue.base import EXECUTE_RUN
 from hal9100.runs.lifecycle import (
     close_open_work,
     event,
@@ -169,7 +170,7 @@ async def _dispatch(
         position = await runtime.bus.position(run.id)
         for item in events:
             await runtime.bus.publish(run.id, item)
-    await runtime.queue.enqueue(run.id)
+    await runtime.queue.enqueue(EXECUTE_RUN, run.id)
     return Started(run=run, position=position)
 
 
