@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from hal9100.config import Settings
 from hal9100.core.clock import now
 from hal9100.db.engine import make_engine, make_sessionmaker
-from hal9100.db.models import Run
+from hal9100.db.models import Run, RunStatus
 from hal9100.engine.loop import Engine
 from hal9100.engine.recorder import Execution
 from hal9100.engine.state import ACTIVE, RUNNABLE, terminal_values, transition
@@ -178,12 +178,12 @@ async def expire(runtime: Runtime, run_id: str) -> None:
             session,
             run_id,
             ACTIVE,
-            terminal_values("expired"),
+            terminal_values(RunStatus.EXPIRED),
         )
         if updated is None:
             await session.rollback()
             return
-        events = await close_open_work(session, run_id, "expired")
+        events = await close_open_work(session, run_id, RunStatus.EXPIRED)
         await session.commit()
     for item in [*events, run_event(updated)]:
         await runtime.bus.publish(run_id, item)

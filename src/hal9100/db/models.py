@@ -7,6 +7,7 @@ returned as they were given and never queried into.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -29,9 +30,33 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
+
+class RunStatus(StrEnum):
+    """A run's states, as OpenAI names them. It lives with the tables because the unique
+    index below is built from them, and the engine, the sweeper and the API all import the
+    tables already. The column stays a plain string: members are written as their values,
+    and rows read back compare equal to them."""
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    REQUIRES_ACTION = "requires_action"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    COMPLETED = "completed"
+    INCOMPLETE = "incomplete"
+    EXPIRED = "expired"
+
+
 # A thread holds at most one run in these states (`engine.state.ACTIVE`); the unique index
-# on a thread's active run enforces it.
-ACTIVE_RUN_STATUSES = ("queued", "in_progress", "requires_action", "cancelling")
+# on a thread's active run enforces it. Its WHERE text must match migration 0002's, which
+# spells these out (a migration never imports the models): keep this order.
+ACTIVE_RUN_STATUSES = (
+    RunStatus.QUEUED,
+    RunStatus.IN_PROGRESS,
+    RunStatus.REQUIRES_ACTION,
+    RunStatus.CANCELLING,
+)
 ACTIVE_RUN_SQL = "status IN (" + ", ".join(f"'{s}'" for s in ACTIVE_RUN_STATUSES) + ")"
 
 NAMING = {

@@ -11,7 +11,7 @@ from sqlalchemy import func, or_, select, update
 
 from hal9100.core.clock import now
 from hal9100.db.engine import SessionMaker
-from hal9100.db.models import Run
+from hal9100.db.models import Run, RunStatus
 from hal9100.engine.state import RUNNABLE
 
 
@@ -36,10 +36,10 @@ class Lease:
             # outputs) is claimed and started together.
             run = await session.scalar(
                 update(Run)
-                .where(Run.id == run_id, Run.status == "queued", free)
+                .where(Run.id == run_id, Run.status == RunStatus.QUEUED, free)
                 .values(
                     **lease,
-                    status="in_progress",
+                    status=RunStatus.IN_PROGRESS,
                     started_at=func.coalesce(Run.started_at, now()),
                 )
                 .returning(Run)
@@ -75,8 +75,8 @@ class Lease:
             if not getattr(result, "rowcount", 0):
                 if not stop.done():
                     stop.set_result("lease_lost")
-            elif status == "cancelling" and not stop.done():
-                stop.set_result("cancelled")
+            elif status == RunStatus.CANCELLING and not stop.done():
+                stop.set_result(RunStatus.CANCELLED)
 
     async def release(self, run_id: str, epoch: int) -> None:
         async with self.sessions() as session:

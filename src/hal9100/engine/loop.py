@@ -34,7 +34,7 @@ from hal9100.config import Settings
 from hal9100.core.clock import now
 from hal9100.core.text import storable
 from hal9100.db.engine import SessionMaker
-from hal9100.db.models import Run
+from hal9100.db.models import Run, RunStatus
 from hal9100.engine import calls as calls_
 from hal9100.engine.lease import Lease
 from hal9100.engine.recorder import Call, Execution, Recorder, RecorderFactory, TurnEnd
@@ -73,7 +73,7 @@ def _outage(exc: BaseException) -> bool:
 class Stop(Exception):
     """The run must stop (cancel requested, or past expires_at)."""
 
-    def __init__(self, status: str) -> None:
+    def __init__(self, status: RunStatus) -> None:
         super().__init__(status)
         self.status = status
 
@@ -141,7 +141,7 @@ class Engine:
     async def _watch_cancel(self, run_id: str, stop: asyncio.Future[str]) -> None:
         await self.bus.wait_cancel(run_id)
         if not stop.done():
-            stop.set_result("cancelled")
+            stop.set_result(RunStatus.CANCELLED)
 
 
 class _Job:
@@ -229,7 +229,7 @@ class _Job:
             except _Failed as failed:
                 log.warning("run %s failed: %s", self.run_id, failed.last_error["message"])
                 extra = {"usage": failed.usage} if failed.usage is not None else {}
-                await self._finish("failed", last_error=failed.last_error, extra=extra)
+                await self._finish(RunStatus.FAILED, last_error=failed.last_error, extra=extra)
                 return
 
     async def _start(self, run: Run, started: bool) -> Run | None:
@@ -238,14 +238,14 @@ class _Job:
             # already in progress.
             await self.publish(self.rec.run_changed(run))
             if run.expires_at is not None and now() >= run.expires_at:
-                await self._finish("expired")
+                await self._finish(RunStatus.EXPIRED)
                 return None
             return run
-        if run.status == "cancelling":
-            await self._finish("cancelled")
+        if run.status == RunStatus.CANCELLING:
+            await self._finish(RunStatus.CANCELLED)
             return None
         if run.expires_at is not None and now() >= run.expires_at:
-            await self._finish("expired")
+            await self._finish(RunStatus.EXPIRED)
             return None
         async with self.x.sessions() as session:
             # Hold the run's row first (on PostgreSQL a row lock, which a newer claim waits
@@ -345,7 +345,7 @@ class _Job:
         await asyncio.gather(work, return_exceptions=True)
         if self.stop.done() and self.stop.result() == "lease_lost":
             raise LeaseLost
-        raise Stop("cancelled" if self.stop.done() else "expired")
+        raise Stop(RunStatus.CANCELLED if self.stop.done() else RunStatus.EXPIRED)
 
     # --- ending a turn -------------------------------------------------------------------
 
@@ -412,11 +412,11 @@ class _Job:
         elif cut_short:
             values.update(
                 terminal_values(
-                    "incomplete", incomplete_details={"reason": "max_completion_tokens"}
+                    RunStatus.INCOMPLETE, incomplete_details={"reason": "max_completion_tokens"}
                 )
             )
         else:
-            values.update(terminal_values("completed"))
+            values.update(terminal_values(RunStatus.COMPLETED))
         async with self.x.sessions() as session:
             # Fenced: cancelled (or expired) between the last token and now, it stops as asked.
             updated = await self._fence(session, values)
@@ -432,10 +432,10 @@ class _Job:
         self.rec.forget_turn()
         self.streaming = False
         self.released = updated.lease_owner is None
-        if updated.status != "in_progress":
+        if updated.status != RunStatus.IN_PROGRESS:
             events.extend(self.rec.run_changed(updated))
         await self.publish(events)
-        return updated if updated.status == "in_progress" else None
+        return updated if updated.status == RunStatus.IN_PROGRESS else None
 
     def _requires_action(self, calls: list[Call]) -> dict[str, Any]:
         client = [
@@ -448,7 +448,7 @@ class _Job:
             if c.kind == "client"
         ]
         return {
-            "status": "requires_action",
+            "status": RunStatus.REQUIRES_ACTION,
             "required_action": {
                 "type": "submit_tool_outputs",
                 "submit_tool_outputs": {"tool_calls": client},
@@ -466,8 +466,8 @@ class _Job:
             ).first()
         if row is None or row.epoch != self.epoch:
             return LeaseLost()
-        if row.status == "cancelling":
-            return Stop("cancelled")
+        if row.status == RunStatus.CANCELLING:
+            return Stop(RunStatus.CANCELLED)
         return LeaseLost()
 
     # --- server-side calls ---------------------------------------------------------------
@@ -566,7 +566,9 @@ class _Job:
             await session.commit()
 
     async def _fence(self, session: AsyncSession, values: dict[str, Any]) -> Run:
-        updated = await transition(session, self.run_id, ("in_progress",), values, epoch=self.epoch)
+        updated = await transition(
+            session, self.run_id, (RunStatus.IN_PROGRESS,), values, epoch=self.epoch
+        )
         if updated is None:
             await session.rollback()
             raise await self._why_not_in_progress()
@@ -590,7 +592,7 @@ class _Job:
 
     async def _finish(
         self,
-        status: str,
+        status: RunStatus,
         *,
         last_error: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
@@ -616,13 +618,16 @@ class _Job:
     async def _incomplete(self, reason: str) -> None:
         await self.settle()
         await self._close(
-            "incomplete", ("in_progress",), {"incomplete_details": {"reason": reason}}, None
+            RunStatus.INCOMPLETE,
+            (RunStatus.IN_PROGRESS,),
+            {"incomplete_details": {"reason": reason}},
+            None,
         )
 
     async def _close(
         self,
-        status: str,
-        from_statuses: tuple[str, ...],
+        status: RunStatus,
+        from_statuses: tuple[RunStatus, ...],
         extra: dict[str, Any],
         last_error: dict[str, Any] | None,
     ) -> None:
@@ -658,7 +663,7 @@ class _Job:
         else:
             message = f"The model backend failed: {exc.message}"
         log.warning("run %s failed: %s", self.run_id, exc.message)
-        await self._finish("failed", last_error={"code": code, "message": message})
+        await self._finish(RunStatus.FAILED, last_error={"code": code, "message": message})
 
     async def crashed(self, exc: Exception) -> None:
         """Count an execution that ended in an unexpected error; at the bound, fail the run
@@ -683,7 +688,7 @@ class _Job:
             "message": f"The server failed to execute the run {failures} times in a row; "
             f"the last time: {detail[:300]}",
         }
-        await self._finish("failed", last_error=last_error)
+        await self._finish(RunStatus.FAILED, last_error=last_error)
 
 
 def _storable(value: Any) -> Any:

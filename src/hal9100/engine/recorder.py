@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hal9100.db.models import Run
+from hal9100.db.models import Run, RunStatus
 from hal9100.events.base import RunEvent
 from hal9100.llm.base import ChatRequest, FunctionTool, Usage
 
@@ -153,7 +153,7 @@ class Recorder(Protocol):
     # --- the end -------------------------------------------------------------------------
 
     async def stopped(
-        self, session: AsyncSession, status: str, last_error: dict[str, Any] | None
+        self, session: AsyncSession, status: RunStatus, last_error: dict[str, Any] | None
     ) -> list[RunEvent]:
         """The run stopped (cancelled, expired, failed, incomplete): store what the current
         turn streamed and close whatever the run left open."""

@@ -13,14 +13,15 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.core.clock import now
-from hal9100.db.models import ACTIVE_RUN_STATUSES, Run
+from hal9100.db.models import ACTIVE_RUN_STATUSES, Run, RunStatus
 
 # A thread holds at most one run in these states (OpenAI refuses new runs and messages then);
 # they are also the states a run can expire from.
 ACTIVE = ACTIVE_RUN_STATUSES
 # States in which a run has work for an engine.
-RUNNABLE = ("queued", "in_progress", "cancelling")
-TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
+RUNNABLE = (RunStatus.QUEUED, RunStatus.IN_PROGRESS, RunStatus.CANCELLING)
+# A run that is not active is finished for good; derived so that no state is in neither.
+TERMINAL = tuple(status for status in RunStatus if status not in ACTIVE)
 
 
 class LeaseLost(Exception):
@@ -30,7 +31,7 @@ class LeaseLost(Exception):
 async def transition(
     session: AsyncSession,
     run_id: str,
-    from_statuses: tuple[str, ...],
+    from_statuses: tuple[RunStatus, ...],
     values: dict[str, Any],
     *,
     epoch: int | None = None,
@@ -48,7 +49,7 @@ async def transition(
     return run
 
 
-def terminal_values(status: str, **extra: Any) -> dict[str, Any]:
+def terminal_values(status: RunStatus, **extra: Any) -> dict[str, Any]:
     """Column values for entering terminal `status` (timestamps, no pending action)."""
     values: dict[str, Any] = {
         "status": status,
@@ -59,12 +60,12 @@ def terminal_values(status: str, **extra: Any) -> dict[str, Any]:
         **extra,
     }
     stamp = now()
-    if status == "completed":
+    if status == RunStatus.COMPLETED:
         values["completed_at"] = stamp
-    elif status == "failed":
+    elif status == RunStatus.FAILED:
         values["failed_at"] = stamp
-    elif status == "cancelled":
+    elif status == RunStatus.CANCELLED:
         values["cancelled_at"] = stamp
-    elif status == "incomplete":
+    elif status == RunStatus.INCOMPLETE:
         values["completed_at"] = stamp
     return values

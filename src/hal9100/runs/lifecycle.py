@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.core.clock import now
-from hal9100.db.models import Message, Run, RunStep
+from hal9100.db.models import Message, Run, RunStatus, RunStep
 from hal9100.engine.state import TERMINAL
 from hal9100.events.base import RunEvent
 from hal9100.messages.service import to_object as message_object
@@ -21,7 +21,11 @@ from hal9100.tools.action import redact_tools
 
 NO_USAGE: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 # The message status reason OpenAI gives when a run stops under a message it was writing.
-MESSAGE_REASON = {"cancelled": "run_cancelled", "expired": "run_expired", "failed": "run_failed"}
+MESSAGE_REASON = {
+    RunStatus.CANCELLED: "run_cancelled",
+    RunStatus.EXPIRED: "run_expired",
+    RunStatus.FAILED: "run_failed",
+}
 
 
 def run_object(run: Run) -> RunObject:
@@ -93,7 +97,7 @@ def run_event(run: Run) -> RunEvent:
 
 
 async def close_open_work(
-    session: AsyncSession, run_id: str, status: str, last_error: dict[str, Any] | None = None
+    session: AsyncSession, run_id: str, status: RunStatus, last_error: dict[str, Any] | None = None
 ) -> list[RunEvent]:
     """Close the steps and messages a run leaves unfinished when it stops as `status`
     (cancelled, failed, expired or incomplete). Returns their events, to publish after commit."""
@@ -115,7 +119,7 @@ async def close_open_work(
             select(RunStep).where(RunStep.run_id == run_id, RunStep.status == "in_progress")
         )
     ).all()
-    step_status = "completed" if status == "incomplete" else status
+    step_status = "completed" if status == RunStatus.INCOMPLETE else status
     for step in steps:
         step.status = step_status
         if step_status == "completed":

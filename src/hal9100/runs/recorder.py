@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.core import ids
 from hal9100.core.clock import now
-from hal9100.db.models import File, Message, Run, RunStep
+from hal9100.db.models import File, Message, Run, RunStatus, RunStep
 from hal9100.engine.recorder import Call, Execution, Prompt, TurnEnd
 from hal9100.events.base import RunEvent
 from hal9100.llm.base import FunctionTool
@@ -426,7 +426,7 @@ class AssistantsRecorder:
     # --- the end ---------------------------------------------------------------------------
 
     async def stopped(
-        self, session: AsyncSession, status: str, last_error: dict[str, Any] | None
+        self, session: AsyncSession, status: RunStatus, last_error: dict[str, Any] | None
     ) -> list[RunEvent]:
         await self._keep_partial(session)
         self.turn = None

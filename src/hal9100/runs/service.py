@@ -18,7 +18,7 @@ from hal9100.core.clock import now
 from hal9100.core.errors import bad_request, not_found
 from hal9100.core.pagination import ListParams, envelope
 from hal9100.core.schemas import ListResponse, dump_json
-from hal9100.db.models import Assistant, Run, RunStep
+from hal9100.db.models import Assistant, Run, RunStatus, RunStep
 from hal9100.engine.state import TERMINAL, terminal_values, transition
 from hal9100.events.base import RunEvent
 from hal9100.messages.service import build_message
@@ -127,7 +127,7 @@ def _new_run(
         created_at=created,
         thread_id=thread_id,
         assistant_id=assistant.id,
-        status="queued",
+        status=RunStatus.QUEUED,
         expires_at=created + runtime.settings.run_expiry_seconds,
         model=body.model or assistant.model,
         instructions=body.instructions
@@ -289,25 +289,28 @@ async def cancel(session: AsyncSession, runtime: Runtime, thread_id: str, run_id
     # -> requires_action; tool outputs arrive: requires_action -> queued). Whichever state it
     # moved to is cancellable too, so try again rather than refuse.
     for _ in range(_CANCEL_ATTEMPTS):
-        if run.status in TERMINAL or run.status == "cancelling":
+        if run.status in TERMINAL or run.status == RunStatus.CANCELLING:
             break
         # A run nobody executes right now (waiting in the queue, or for tool outputs) is
         # cancelled here and now; one in an executor's hands is asked to stop.
         idle = await transition(
             session,
             run_id,
-            ("requires_action", "queued"),
-            terminal_values("cancelled", cancel_requested=True),
+            (RunStatus.REQUIRES_ACTION, RunStatus.QUEUED),
+            terminal_values(RunStatus.CANCELLED, cancel_requested=True),
         )
         if idle is not None:
-            events = await close_open_work(session, run_id, "cancelled")
+            events = await close_open_work(session, run_id, RunStatus.CANCELLED)
             await session.commit()
             for item in [*events, run_event(idle)]:
                 await runtime.bus.publish(run_id, item)
             return run_object(idle)
         await session.rollback()
         busy = await transition(
-            session, run_id, ("in_progress",), {"status": "cancelling", "cancel_requested": True}
+            session,
+            run_id,
+            (RunStatus.IN_PROGRESS,),
+            {"status": RunStatus.CANCELLING, "cancel_requested": True},
         )
         if busy is not None:
             await session.commit()
@@ -327,7 +330,7 @@ async def submit_tool_outputs(
     body: SubmitToolOutputs,
 ) -> Started:
     run = await _get(session, thread_id, run_id)
-    if run.status != "requires_action" or not run.required_action:
+    if run.status != RunStatus.REQUIRES_ACTION or not run.required_action:
         raise bad_request(
             f"Runs in status '{run.status}' do not accept tool outputs.", "tool_outputs"
         )
@@ -356,9 +359,9 @@ async def submit_tool_outputs(
     resumed = await transition(
         session,
         run_id,
-        ("requires_action",),
+        (RunStatus.REQUIRES_ACTION,),
         {
-            "status": "queued",
+            "status": RunStatus.QUEUED,
             "required_action": None,
             "lease_owner": None,
             "lease_expires_at": time.time() + runtime.settings.lease_seconds,

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from starlette.types import Receive, Scope, Send
 
-from hal9100.db.models import Run
+from hal9100.db.models import Run, RunStatus
 from hal9100.events.base import RunEvent, error_event, run_gone_event
 from hal9100.runs.lifecycle import TERMINAL, run_event
 from hal9100.runtime import Runtime
@@ -31,7 +31,7 @@ DONE = b"event: done\ndata: [DONE]\n\n"
 # Events already waiting when one is sent go out in the same write, up to this many.
 MAX_EVENTS_PER_WRITE = 64
 # Statuses whose event closes a stream segment.
-_CLOSING_STATUSES = frozenset((*TERMINAL, "requires_action"))
+_CLOSING_STATUSES = frozenset((*TERMINAL, RunStatus.REQUIRES_ACTION))
 
 
 class _EventStreamResponse(StreamingResponse):
