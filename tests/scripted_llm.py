@@ -77,6 +77,13 @@ Failures and timing
   [[slow:MS]]               Wait MS milliseconds between chunks.
   [[latency:MS]]            Wait MS milliseconds before answering (plus `ScriptedLLM(latency=)`).
 
+Embeddings (`POST /v1/embeddings`)
+  Each input gets `embedding_of(text)` (16 numbers from its SHA-256), answered in reverse
+  order (clients must follow `index`). Directives anywhere in the inputs: [[fail:STATUS]],
+  [[garbage:html|json|sse]] as above, and [[garbage:count]] (one embedding missing),
+  [[garbage:nan]] (a NaN), [[garbage:text]] (strings for numbers), [[garbage:dims]] (one
+  embedding of another width).
+
 Usage: prompt_tokens = whitespace-separated words in all message texts (system, tool outputs
 and tool-call arguments included, tool definitions not); completion_tokens = number of chunks
 carrying reply words or tool-call fragments. A reply longer than max_tokens
@@ -100,6 +107,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import math
@@ -244,6 +252,13 @@ class Conversation:
 
 def _words(texts: list[str]) -> int:
     return sum(len(text.split()) for text in texts)
+
+
+def embedding_of(text: str) -> list[float]:
+    """The scripted embedding of `text`: 16 numbers from its SHA-256, not normalised (clients
+    normalise), the same for the same text."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [(b - 127.5) / 10 for b in digest[:16]]
 
 
 def _may_choose_tool(body: dict[str, Any]) -> bool:
@@ -876,7 +891,48 @@ class _Connection:
             return await self._serve(body, openai_conversation(body), OpenAIRenderer)
         if path.endswith("/messages"):
             return await self._serve(body, anthropic_conversation(body), AnthropicRenderer)
+        if path.endswith("/embeddings"):
+            return await self._embeddings(body)
         await self._json(404, {"error": {"message": f"no route {path}"}})
+        return True
+
+    async def _embeddings(self, body: dict[str, Any]) -> bool:
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
+            await self._json(400, {"error": {"message": "input must be a string or strings"}})
+            return True
+        joined = " ".join(inputs)
+        script = parse_script(joined)
+        if script.fail is not None:
+            message = f"scripted embeddings failure {script.fail}"
+            await self._json(script.fail, {"error": {"message": message, "type": "server_error"}})
+            return True
+        data: list[dict[str, Any]] = [
+            {"object": "embedding", "index": i, "embedding": embedding_of(text)}
+            for i, text in enumerate(inputs)
+        ]
+        # Out of order: clients must follow `index`.
+        data.reverse()
+        kind = script.garbage
+        if kind in ("html", "sse"):
+            await self._garbage(kind)
+            return True
+        if kind == "json":
+            await self._garbage("json")
+            return True
+        if kind == "count":
+            data = data[1:]
+        elif kind == "nan":
+            data[0]["embedding"][3] = float("nan")
+        elif kind == "text":
+            data[0]["embedding"] = ["a", "b"]
+        elif kind == "dims":
+            data[0]["embedding"] = data[0]["embedding"][:8]
+        usage = {"prompt_tokens": len(joined.split()), "total_tokens": len(joined.split())}
+        answer = {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
+        await self._json(200, answer)
         return True
 
     async def _serve(

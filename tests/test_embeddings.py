@@ -1,15 +1,13 @@
 """The embedding backends: the local ONNX model against sentence-transformers' own vectors, and
-the remote client against real HTTP servers (an embeddings server scripted here, the scripted
-LLM, which has no embeddings route, and a closed port)."""
+the remote client against real HTTP servers (the scripted LLM's embeddings, and a closed
+port)."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
-import threading
+import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import pytest
 from conftest import free_port
 from hal9100.embeddings import EmbeddingError, LocalEmbedder, RemoteEmbedder
 from hal9100.embeddings.local import DEFAULT_TOKENIZER
-from scripted_llm import ScriptedLLM
+from scripted_llm import ScriptedLLM, embedding_of
 
 REFERENCE = Path(__file__).parent / "fixtures" / "minilm_reference.json"
 
@@ -137,114 +135,42 @@ async def test_model_dir_without_a_model_is_an_error(tmp_path: Path) -> None:
 # --- remote server ---
 
 
-class EmbeddingsServer:
-    """An OpenAI-compatible `POST /v1/embeddings` on loopback. Vectors are derived from each
-    input's hash, deliberately not of unit length. An input containing `[[fail:STATUS]]` makes
-    the whole request fail with that status; `[[garbage:KIND]]` answers HTTP 200 with
-    something that is no good embeddings answer: html, json (no data), count (one embedding
-    too few), nan (a NaN inside), text (strings instead of numbers), dims (a shorter vector).
-    """
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                owner.requests.append(body)
-                status, content_type, payload = owner.answer(body)
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.server.server_port}/v1"
-
-    @staticmethod
-    def vector(text: str) -> list[float]:
-        digest = hashlib.sha256(text.encode()).digest()
-        return [(b - 127.5) / 10 for b in digest[:16]]
-
-    def answer(self, body: dict[str, Any]) -> tuple[int, str, bytes]:
-        inputs: list[str] = body["input"]
-        joined = " ".join(inputs)
-        if "[[fail:" in joined:
-            status = int(joined.split("[[fail:", 1)[1].split("]]", 1)[0])
-            error = {"message": f"scripted embeddings failure {status}", "type": "server_error"}
-            return status, "application/json", json.dumps({"error": error}).encode()
-        data: list[dict[str, Any]] = [
-            {"object": "embedding", "index": i, "embedding": self.vector(text)}
-            for i, text in enumerate(inputs)
-        ]
-        # Answer out of order: the client must follow `index`.
-        data.reverse()
-        kind = joined.split("[[garbage:", 1)[1].split("]]", 1)[0] if "[[garbage:" in joined else ""
-        if kind == "html":
-            return 200, "text/html", b"<html><body>502 Bad Gateway</body></html>"
-        if kind == "json":
-            return 200, "application/json", b'{"status": "ok"}'
-        if kind == "count":
-            data = data[1:]
-        if kind == "nan":
-            data[0]["embedding"][3] = float("nan")
-        if kind == "text":
-            data[0]["embedding"] = ["a", "b"]
-        if kind == "dims":
-            data[0]["embedding"] = data[0]["embedding"][:8]
-        answer = {"object": "list", "data": data, "model": body["model"]}
-        return 200, "application/json", json.dumps(answer).encode()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def _embedding_requests(scripted_llm: ScriptedLLM, mark: str) -> list[dict[str, Any]]:
+    return [
+        r.body
+        for r in scripted_llm.recorded
+        if r.path.endswith("/embeddings") and mark in json.dumps(r.body)
+    ]
 
 
-@pytest.fixture(scope="module")
-def embeddings_server() -> Iterator[EmbeddingsServer]:
-    server = EmbeddingsServer()
-    yield server
-    server.stop()
-
-
-async def test_remote_vectors_are_normalised_and_batched(
-    embeddings_server: EmbeddingsServer,
-) -> None:
-    embedder = RemoteEmbedder(embeddings_server.base_url, "test-model", batch_size=64)
+async def test_remote_vectors_are_normalised_and_batched(scripted_llm: ScriptedLLM) -> None:
+    embedder = RemoteEmbedder(scripted_llm.base_url, "test-model", batch_size=64)
     try:
         assert embedder.dimensions == 0
-        embeddings_server.requests.clear()
-        texts = [f"text number {i}" for i in range(150)] + [""]
+        mark = uuid.uuid4().hex
+        texts = [f"{mark} text number {i}" for i in range(150)] + [""]
         vectors = await embedder.embed(texts)
-        assert [len(r["input"]) for r in embeddings_server.requests] == [64, 64, 23]
-        assert {r["model"] for r in embeddings_server.requests} == {"test-model"}
-        assert {r["encoding_format"] for r in embeddings_server.requests} == {"float"}
+        sent = _embedding_requests(scripted_llm, mark)
+        assert [len(r["input"]) for r in sent] == [64, 64, 23]
+        assert {r["model"] for r in sent} == {"test-model"}
+        assert {r["encoding_format"] for r in sent} == {"float"}
         # An empty input goes out as a space (OpenAI refuses empty strings).
-        assert embeddings_server.requests[-1]["input"][-1] == " "
+        assert sent[-1]["input"][-1] == " "
         assert embedder.dimensions == 16
         got = _matrix(vectors)
         assert got.shape == (151, 16)
         assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-9)
         for text, vector in zip(texts[:150], vectors, strict=False):
-            raw = np.array(EmbeddingsServer.vector(text))
+            raw = np.array(embedding_of(text))
             assert np.allclose(vector, raw / np.linalg.norm(raw))
         assert await embedder.embed([]) == []
     finally:
         await embedder.aclose()
 
 
-@pytest.mark.parametrize("kind", ["html", "json", "count", "nan", "text"])
-async def test_remote_garbage_is_an_embedding_error(
-    embeddings_server: EmbeddingsServer, kind: str
-) -> None:
-    embedder = RemoteEmbedder(embeddings_server.base_url, "m", max_retries=0)
+@pytest.mark.parametrize("kind", ["html", "json", "sse", "count", "nan", "text"])
+async def test_remote_garbage_is_an_embedding_error(scripted_llm: ScriptedLLM, kind: str) -> None:
+    embedder = RemoteEmbedder(scripted_llm.base_url, "m", max_retries=0)
     try:
         with pytest.raises(EmbeddingError):
             await embedder.embed(["fine", f"[[garbage:{kind}]]"])
@@ -252,10 +178,8 @@ async def test_remote_garbage_is_an_embedding_error(
         await embedder.aclose()
 
 
-async def test_remote_vectors_of_another_width_are_an_error(
-    embeddings_server: EmbeddingsServer,
-) -> None:
-    embedder = RemoteEmbedder(embeddings_server.base_url, "m", max_retries=0)
+async def test_remote_vectors_of_another_width_are_an_error(scripted_llm: ScriptedLLM) -> None:
+    embedder = RemoteEmbedder(scripted_llm.base_url, "m", max_retries=0)
     try:
         with pytest.raises(EmbeddingError, match="different lengths"):
             await embedder.embed(["fine", "[[garbage:dims]]"])
@@ -267,10 +191,8 @@ async def test_remote_vectors_of_another_width_are_an_error(
         await embedder.aclose()
 
 
-async def test_remote_failure_carries_the_server_message(
-    embeddings_server: EmbeddingsServer,
-) -> None:
-    embedder = RemoteEmbedder(embeddings_server.base_url, "m", max_retries=0)
+async def test_remote_failure_carries_the_server_message(scripted_llm: ScriptedLLM) -> None:
+    embedder = RemoteEmbedder(scripted_llm.base_url, "m", max_retries=0)
     try:
         with pytest.raises(EmbeddingError) as caught:
             await embedder.embed(["[[fail:503]]"])
@@ -281,13 +203,13 @@ async def test_remote_failure_carries_the_server_message(
 
 
 async def test_remote_server_without_embeddings(scripted_llm: ScriptedLLM) -> None:
-    # A chat-only server: its 404 and its words reach the caller.
+    # A chat-only server answers 404: its status and its words reach the caller.
     embedder = RemoteEmbedder(scripted_llm.base_url, "scripted", max_retries=0)
     try:
         with pytest.raises(EmbeddingError) as caught:
-            await embedder.embed(["hello"])
+            await embedder.embed(["hello [[fail:404]]"])
         assert "HTTP 404" in caught.value.message
-        assert "no route" in caught.value.message
+        assert "scripted embeddings failure 404" in caught.value.message
     finally:
         await embedder.aclose()
 
