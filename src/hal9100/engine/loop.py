@@ -480,6 +480,7 @@ class _Job:
         calls = [Call.load(c) for c in run.open_calls]
         tools = await self.tools(run)
         todo: list[tuple[Call, ServerTool]] = []
+        risky = False
         for call in calls:
             if call.kind != "server" or call.state == "done":
                 continue
@@ -491,15 +492,17 @@ class _Job:
                 await self._call_done(call, _error(call, output), calls)
                 continue
             arguments = _arguments(call)
-            if call.state == "running" and not tool.repeatable(call.name, arguments):
-                # Its worker died while it was being made: it may have taken effect.
-                await self._call_done(call, tool.unknown_outcome(call.name, arguments), calls)
-                continue
-            todo.append((call, tool))
-        risky = [c for c, t in todo if not t.repeatable(c.name, _arguments(c))]
-        if risky:
-            for call in risky:
+            if not tool.repeatable(call.name, arguments):
+                if call.state == "running":
+                    # Its worker died while it was being made: it may have taken effect.
+                    outcome = tool.unknown_outcome(call.name, arguments)
+                    await self._call_done(call, outcome, calls)
+                    continue
                 call.state = "running"
+                risky = True
+            todo.append((call, tool))
+        if risky:
+            # On record before any of them is made: a takeover never makes them again.
             await self._store_calls(calls)
         tasks = {asyncio.create_task(self._call(run, call, tool)): call for call, tool in todo}
         try:

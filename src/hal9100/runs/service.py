@@ -46,7 +46,7 @@ from hal9100.threads.service import build_thread
 from hal9100.threads.service import to_object as thread_object
 from hal9100.tools.action import restore_redacted
 from hal9100.tools.action.check import check_tools, offered_functions
-from hal9100.tools.action.spec import all_parsed
+from hal9100.tools.action.spec import all_parsed, function_names
 
 # A cancel re-reads the run and tries again this often when the run changes state under it.
 _CANCEL_ATTEMPTS = 5
@@ -102,7 +102,9 @@ async def _check_named(session: AsyncSession, tools: list[dict[str, Any]], choic
     if released:
         await session.rollback()
     name = (choice.get("function") or {}).get("name")
-    if name not in await offered_functions(tools):
+    # Parsed specs are read from the cache in place; only a parse goes to a thread.
+    offered = await offered_functions(tools) if released else function_names(tools)
+    if name not in offered:
         raise bad_request(
             f"Invalid 'tool_choice': the function '{name}' is not among the run's tools.",
             "tool_choice",
