@@ -226,3 +226,67 @@ class RunStep(Base):
     completed_at: Mapped[int | None] = mapped_column(BigInteger)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
     usage: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+
+
+class VectorStore(Base):
+    __tablename__ = "vector_stores"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    name: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    expires_after: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    last_active_at: Mapped[int] = mapped_column(BigInteger)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
+    # The embedding model its vectors came from (set by its first ingested file): a query
+    # embedded by another model cannot be compared with them, so such a store is searched
+    # by keywords only.
+    embedding_model: Mapped[str | None] = mapped_column(String(256))
+    # The store a v1 assistant's or message's `file_ids` became (assistants=v1), named by the
+    # object it belongs to; null for stores made through the vector store API.
+    owner_id: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class VectorStoreFile(Base):
+    """A file in a vector store, and the state of its ingestion. Its public id is the file's
+    id: a file is in a store at most once."""
+
+    __tablename__ = "vector_store_files"
+    __table_args__ = (
+        Index("uq_vector_store_files_store_file", "vector_store_id", "id", unique=True),
+        Index("ix_vector_store_files_store_order", "vector_store_id", "created_at", "seq"),
+        Index("ix_vector_store_files_status", "status"),
+        Index("ix_vector_store_files_batch", "batch_id"),
+    )
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64))
+    vector_store_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("vector_stores.id", ondelete="CASCADE")
+    )
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    usage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    chunking_strategy: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    batch_id: Mapped[str | None] = mapped_column(String(64))
+    # --- ingestion state, not part of the API object (the same lease as a run's) ---
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class VectorStoreFileBatch(Base):
+    __tablename__ = "vector_store_file_batches"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    vector_store_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("vector_stores.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    # Set by cancel; the status is otherwise read from the batch's files.
+    cancelled: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,0 +1,260 @@
+"""Fusing the keyword and dense rankings into one list of scored hits, and the exact vector
+search in numpy that the SQLite index and PostgreSQL without pgvector share.
+
+The rule
+--------
+Each backend returns two candidate lists, each fetched deeper than the caller's limit
+(`candidate_depth`): keyword candidates with a keyword score in [0, 1] and dense candidates
+with their cosine (the best window's). Every candidate also gets its cosine when the query
+has a vector, even if only the keyword side found it, so that both numbers below are known
+for every hit.
+
+* Order: weighted reciprocal rank fusion (k = 60), as OpenAI's `hybrid_search` weights
+  describe: `rrf = w_e / (60 + dense_rank) + w_t / (60 + keyword_rank)`, a missing rank
+  contributing nothing; ties go to the higher absolute score. Ranks, not raw scores, decide
+  the order, so neither side's score scale can drown the other.
+* Absolute score: a weighted probabilistic OR of the two pieces of evidence,
+  `1 - (1 - max(cosine, 0)) ** (w_e / w) * (1 - keyword) ** (w_t / w)` with
+  `w = max(w_e, w_t)`: strong evidence from either side scores high (a chunk that is the
+  query's paraphrase but shares no word with it still scores its cosine), both together
+  score higher, and an unrelated query (small cosine, no or weak keyword match) scores low
+  whatever the store holds, which rank normalisation would not give (it scores the best of
+  a bad lot 1.0). With equal weights it is `1 - (1 - cosine) * (1 - keyword)`; a side with
+  weight 0 drops out.
+* Reported score: the running minimum of the absolute scores down the RRF order, so scores
+  are monotone in the returned order and a hit is never reported above its own absolute
+  score: `score_threshold` then drops every hit whose own score is below it (and, being a
+  cut of a monotone list, the hits after it).
+
+Without a query vector the dense weight is 0, so order and score are the keyword side's
+alone; with `text_weight` 0 they are the dense side's alone. Negative or NaN weights count
+as 0, and if both are 0 both count as 1.
+
+The keyword score saturates the backend's native relevance `r >= 0` as `r / (r + K)`:
+SQLite's bm25 (sign flipped; its idf makes words found in most chunks score near 0) with
+K = `BM25_HALF`, PostgreSQL's `ts_rank_cd` with K = `TS_RANK_HALF`, K being the relevance
+that scores 0.5. The two backends' keyword scores are therefore comparable in spirit, not
+equal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+RRF_K = 60
+MAX_LIMIT = 50
+BM25_HALF = 5.0
+"""bm25 (SQLite FTS5, negated) that scores 0.5: roughly one occurrence of a term found in a
+thousandth of a large store's chunks, or several rarer terms together."""
+TS_RANK_HALF = 0.1
+"""ts_rank_cd that scores 0.5: one close cover of the query terms in an ordinary chunk."""
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def candidate_depth(limit: int) -> int:
+    """How many candidates each side fetches before fusion."""
+    return max(50, 4 * limit)
+
+
+def clamp_limit(limit: int) -> int:
+    return max(0, min(int(limit), MAX_LIMIT))
+
+
+def saturate(relevance: float, half: float) -> float:
+    if not relevance > 0 or math.isnan(relevance):
+        return 0.0
+    if math.isinf(relevance):
+        return 1.0
+    return relevance / (relevance + half)
+
+
+def unit_vector(vector: Sequence[float]) -> FloatArray:
+    """`vector` as float32 of unit length (non-finite values as 0; a zero vector stays 0):
+    callers promise unit vectors, this keeps a careless one from scoring above 1."""
+    array = np.nan_to_num(np.asarray(vector, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    norm = float(np.linalg.norm(array))
+    if norm > 0 and math.isfinite(norm):
+        array = array / norm
+    return array.astype(np.float32, copy=False)
+
+
+def weights(embedding_weight: float, text_weight: float, has_vector: bool) -> tuple[float, float]:
+    def sane(weight: float) -> float:
+        return min(float(weight), 1e6) if weight > 0 else 0.0  # NaN > 0 is False
+
+    dense = sane(embedding_weight) if has_vector else 0.0
+    text = sane(text_weight)
+    if dense + text <= 0:
+        return (1.0 if has_vector else 0.0), 1.0
+    return dense, text
+
+
+@dataclass(slots=True)
+class Fused:
+    chunk_id: int
+    score: float
+    details: dict[str, float] = field(default_factory=dict)
+
+
+def fuse(
+    keyword: Sequence[tuple[int, float]],
+    dense: Sequence[tuple[int, float]],
+    cosines: Mapping[int, float],
+    *,
+    has_vector: bool,
+    embedding_weight: float,
+    text_weight: float,
+    limit: int,
+    score_threshold: float,
+) -> list[Fused]:
+    """The fused, scored, thresholded and cut list (rule in the module docstring).
+
+    `keyword`: (chunk id, keyword score in [0, 1]) best first; `dense`: (chunk id, cosine)
+    best first; `cosines`: the cosine of any other candidate (missing: 0)."""
+    w_dense, w_text = weights(embedding_weight, text_weight, has_vector)
+    rrf: dict[int, float] = {}
+    details: dict[int, dict[str, float]] = {}
+    keyword_scores: dict[int, float] = {}
+    cosine_of: dict[int, float] = dict(cosines)
+    for rank, (chunk_id, score) in enumerate(keyword, start=1):
+        if chunk_id in keyword_scores:
+            continue
+        keyword_scores[chunk_id] = score
+        rrf[chunk_id] = rrf.get(chunk_id, 0.0) + w_text / (RRF_K + rank)
+        details.setdefault(chunk_id, {}).update(keyword=score, keyword_rank=float(rank))
+    if w_dense > 0:
+        seen: set[int] = set()
+        for rank, (chunk_id, cosine) in enumerate(dense, start=1):
+            if chunk_id in seen:
+                continue
+            seen.add(chunk_id)
+            cosine_of[chunk_id] = cosine
+            rrf[chunk_id] = rrf.get(chunk_id, 0.0) + w_dense / (RRF_K + rank)
+            details.setdefault(chunk_id, {})["dense_rank"] = float(rank)
+    top_weight = max(w_dense, w_text)
+    absolute: dict[int, float] = {}
+    for chunk_id in rrf:
+        cosine = cosine_of.get(chunk_id, 0.0)
+        cosine = min(max(cosine, 0.0), 1.0) if math.isfinite(cosine) else 0.0
+        keyword_score = keyword_scores.get(chunk_id, 0.0)
+        miss = (1.0 - cosine) ** (w_dense / top_weight) * (1.0 - keyword_score) ** (
+            w_text / top_weight
+        )
+        absolute[chunk_id] = min(max(1.0 - miss, 0.0), 1.0)
+        if has_vector:
+            details[chunk_id]["dense"] = cosine
+    order = sorted(rrf, key=lambda c: (-rrf[c], -absolute[c], c))
+    hits: list[Fused] = []
+    reported = 1.0
+    for chunk_id in order[: clamp_limit(limit)]:
+        reported = min(reported, absolute[chunk_id])
+        if reported < score_threshold:
+            break
+        info = details[chunk_id]
+        info.update(rrf=rrf[chunk_id], absolute=absolute[chunk_id])
+        hits.append(Fused(chunk_id, reported, info))
+    return hits
+
+
+@dataclass(slots=True)
+class _Block:
+    """The windows of one embedding size: a matrix, and for each row its chunk."""
+
+    matrix: FloatArray
+    row_chunks: npt.NDArray[np.int64]
+    starts: npt.NDArray[np.intp]
+    """First row of each chunk (rows are grouped by chunk) for the per-chunk maximum."""
+    chunk_ids: npt.NDArray[np.int64]
+    chunk_files: npt.NDArray[np.int32]
+
+
+@dataclass(slots=True)
+class VectorMatrix:
+    """A vector store's windows in memory, for exact cosine search (dot products of unit
+    vectors): a chunk's score is its best window's. Built from the stored rows, cached by the
+    index against the store's version, so it is rebuilt only after a write."""
+
+    version: int
+    files: dict[str, int]
+    blocks: dict[int, _Block]
+
+    @classmethod
+    def build(cls, version: int, rows: Iterable[tuple[int, str, bytes]]) -> VectorMatrix:
+        """From (chunk id, file id, float32 bytes) rows sorted by chunk id."""
+        file_codes: dict[str, int] = {}
+        grouped: dict[int, tuple[list[int], list[int], list[bytes]]] = {}
+        for chunk_id, file_id, blob in rows:
+            dims = len(blob) // 4
+            if dims == 0:
+                continue
+            chunks, files, blobs = grouped.setdefault(dims, ([], [], []))
+            chunks.append(chunk_id)
+            files.append(file_codes.setdefault(file_id, len(file_codes)))
+            blobs.append(blob[: dims * 4])
+        blocks: dict[int, _Block] = {}
+        for dims, (chunks, files, blobs) in grouped.items():
+            matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dims)
+            row_chunks = np.asarray(chunks, dtype=np.int64)
+            row_files = np.asarray(files, dtype=np.int32)
+            change = np.flatnonzero(np.diff(row_chunks)) + 1
+            starts = np.concatenate(([0], change)).astype(np.intp)
+            blocks[dims] = _Block(
+                matrix=matrix,
+                row_chunks=row_chunks,
+                starts=starts,
+                chunk_ids=row_chunks[starts],
+                chunk_files=row_files[starts],
+            )
+        return cls(version=version, files=file_codes, blocks=blocks)
+
+    def search(
+        self,
+        vector: FloatArray,
+        file_ids: frozenset[str] | None,
+        depth: int,
+        also: Sequence[int],
+    ) -> tuple[list[tuple[int, float]], dict[int, float]]:
+        """The `depth` best chunks as (chunk id, cosine), best first, and the cosines of the
+        chunks in `also` that are in this store (for keyword-only candidates)."""
+        block = self.blocks.get(int(vector.shape[0]))
+        if block is None or block.matrix.shape[0] == 0:
+            return [], {}
+        scores = np.maximum.reduceat(block.matrix @ vector, block.starts)
+        if file_ids is not None:
+            allowed = np.asarray(
+                [self.files[f] for f in file_ids if f in self.files] or [-1],
+                dtype=np.int32,
+            )
+            scores = np.where(np.isin(block.chunk_files, allowed), scores, -np.inf)
+        count = min(depth, scores.shape[0])
+        top = np.argpartition(-scores, count - 1)[:count] if count else np.empty(0, np.intp)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        best = [(int(block.chunk_ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
+        extra: dict[int, float] = {}
+        if also:
+            wanted = np.asarray(also, dtype=np.int64)
+            positions = np.searchsorted(block.chunk_ids, wanted)
+            positions = np.minimum(positions, block.chunk_ids.shape[0] - 1)
+            for chunk_id, position in zip(wanted, positions, strict=True):
+                if block.chunk_ids[position] == chunk_id and np.isfinite(scores[position]):
+                    extra[int(chunk_id)] = float(scores[position])
+        return best, extra
+
+
+def merge_dense(
+    parts: Iterable[tuple[list[tuple[int, float]], dict[int, float]]], depth: int
+) -> tuple[list[tuple[int, float]], dict[int, float]]:
+    """Several stores' dense results as one: the `depth` best overall, and all cosines."""
+    best: list[tuple[int, float]] = []
+    cosines: dict[int, float] = {}
+    for top, extra in parts:
+        best.extend(top)
+        cosines.update(extra)
+    best.sort(key=lambda item: (-item[1], item[0]))
+    return best[:depth], cosines

@@ -1,0 +1,422 @@
+"""The chunk index through its interface, on every backend: SQLite (a real file), PostgreSQL
+without pgvector (Debian's on 127.0.0.1:5432: the bytea + numpy fallback) and PostgreSQL with
+pgvector (pgserver's). Each PostgreSQL gets a database of its own for the session, with
+migration 0005 applied directly (it does not depend on the app's other tables), dropped at
+the end; tests keep apart by using vector store ids of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import math
+import os
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import numpy as np
+import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.engine import Connection
+
+from hal9100.db.engine import make_engine
+from hal9100.retrieval.base import Chunk, ChunkIndex, Fenced, Hit, Query
+from hal9100.retrieval.fusion import unit_vector
+from hal9100.retrieval.postgres import PostgresChunkIndex
+from hal9100.retrieval.sqlite import SqliteChunkIndex
+from pgvector import pgvector_admin_url
+
+PG_ADMIN_URL = os.environ.get("HAL9100_TEST_PG", "postgres://postgres@127.0.0.1:5432/postgres")
+REQUIRE_SERVICES = os.environ.get("HAL9100_REQUIRE_SERVICES", "") not in ("", "0", "false")
+MIGRATION = (
+    Path(__file__).resolve().parent.parent
+    / "src/hal9100/db/migrations/versions/0005_chunk_index.py"
+)
+BACKENDS = ["sqlite", "pg-bytea", "pg-vector"]
+T = TypeVar("T")
+
+# --- databases --------------------------------------------------------------------------
+
+
+def _apply_migration(connection: Connection) -> None:
+    spec = importlib.util.spec_from_file_location("chunk_index_migration", MIGRATION)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with Operations.context(MigrationContext.configure(connection)):
+        module.upgrade()
+
+
+async def _create_database(admin_url: str) -> tuple[str, str]:
+    name = f"hal9100_index_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = admin_url.rsplit("/", 1)[0].replace("postgres://", "postgresql+asyncpg://") + "/" + name
+    engine = make_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(_apply_migration)
+    await engine.dispose()
+    return name, url
+
+
+async def _drop_database(admin_url: str, name: str) -> None:
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` on an event loop of its own, in a thread of its own: session fixtures
+    are first requested from inside a test's running loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def _session_database(admin_url: str | None, reason: str) -> Iterator[str]:
+    if admin_url is None:
+        if REQUIRE_SERVICES:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        name, url = _run_apart(_create_database(admin_url))
+    except (OSError, asyncpg.PostgresError) as exc:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{reason}: {exc}")
+        pytest.skip(f"{reason}: {exc}")
+    yield url
+    _run_apart(_drop_database(admin_url, name))
+
+
+@pytest.fixture(scope="session")
+def pg_bytea_url() -> Iterator[str]:
+    yield from _session_database(PG_ADMIN_URL, "PostgreSQL at HAL9100_TEST_PG is unreachable")
+
+
+@pytest.fixture(scope="session")
+def pg_vector_url() -> Iterator[str]:
+    yield from _session_database(pgvector_admin_url(), "pgserver did not start")
+
+
+@pytest.fixture(params=BACKENDS)
+async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChunkIndex]:
+    backend: str = request.param
+    if backend == "sqlite":
+        sqlite_index = SqliteChunkIndex(tmp_path / "vectors.sqlite3")
+        yield sqlite_index
+        await sqlite_index.aclose()
+        return
+    url = request.getfixturevalue("pg_bytea_url" if backend == "pg-bytea" else "pg_vector_url")
+    engine = make_engine(url, pool_size=2)
+    pg_index = PostgresChunkIndex(engine)
+    layout = await pg_index.layout()
+    assert layout == ("bytea" if backend == "pg-bytea" else "vector")
+    yield pg_index
+    await pg_index.aclose()
+    await engine.dispose()
+
+
+# --- data -------------------------------------------------------------------------------
+
+DOCS = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Photosynthesis converts sunlight, water and carbon dioxide into glucose and oxygen.",
+    "The central bank raised interest rates to fight inflation this quarter.",
+    "Kittens and puppies are popular pets; cats purr when they are content.",
+    "A recipe for sourdough bread: flour, water, salt and a lively starter.",
+    "Quarterly earnings beat expectations as revenue grew twelve percent.",
+]
+
+
+def _vector(seed: int, dims: int = 16) -> list[float]:
+    rng = np.random.default_rng(seed)
+    return [float(x) for x in unit_vector(rng.normal(size=dims).tolist())]
+
+
+def _chunks(texts: list[str], dims: int | None = 16, seed: int = 0) -> list[Chunk]:
+    return [
+        Chunk(
+            index=i,
+            text=t,
+            tokens=len(t.split()),
+            # Two windows per chunk, the second the one a query below aims at.
+            vectors=[]
+            if dims is None
+            else [_vector(seed * 1000 + 2 * i, dims), _vector(seed * 1000 + 2 * i + 1, dims)],
+        )
+        for i, t in enumerate(texts)
+    ]
+
+
+def _store() -> str:
+    return f"vs_{uuid.uuid4().hex[:16]}"
+
+
+async def _filled(
+    index: ChunkIndex, store: str, file: str, texts: list[str], **kw: object
+) -> list[Chunk]:
+    chunks = _chunks(texts, **kw)  # type: ignore[arg-type]
+    await index.begin_file(store, file, 1)
+    await index.add(store, file, 1, chunks)
+    return chunks
+
+
+def _check(hits: list[Hit], limit: int, threshold: float = 0.0) -> None:
+    assert len(hits) <= min(limit, 50)
+    scores = [h.score for h in hits]
+    assert all(0.0 <= s <= 1.0 and not math.isnan(s) for s in scores), scores
+    assert scores == sorted(scores, reverse=True)
+    assert all(s >= threshold for s in scores)
+
+
+# --- tests ------------------------------------------------------------------------------
+
+
+async def test_round_trip_hybrid(index: ChunkIndex) -> None:
+    store = _store()
+    chunks = await _filled(index, store, "file-a", DOCS)
+    await index.ping()
+    # The dense side alone finds the chunk whose second window is the query vector.
+    target = chunks[4]
+    hits = await index.search(Query([store], "zzz", target.vectors[1], limit=3))
+    _check(hits, 3)
+    assert (hits[0].file_id, hits[0].index, hits[0].text) == ("file-a", 4, DOCS[4])
+    assert hits[0].vector_store_id == store
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    # Keywords and vector agreeing put it first too; stemming finds "jumping" -> "jumps".
+    hits = await index.search(Query([store], "fox jumping", chunks[0].vectors[0], limit=6))
+    _check(hits, 6)
+    assert hits[0].index == 0
+    assert hits[0].details["keyword_rank"] == 1.0 and hits[0].details["dense_rank"] == 1.0
+
+
+async def test_keyword_only(index: ChunkIndex) -> None:
+    store = _store()
+    await _filled(index, store, "file-a", DOCS, dims=None)
+    hits = await index.search(Query([store], "bank interest rates", None, limit=10))
+    _check(hits, 10)
+    assert hits[0].index == 2
+    assert {h.index for h in hits} <= {0, 2}
+    assert 0 < hits[0].score < 1
+    # Only punctuation: nothing to match, nothing found, nothing raised.
+    assert await index.search(Query([store], "?!... -- ''", None, limit=10)) == []
+    # A vector query on a keyword-only store: the keyword side still answers.
+    hits = await index.search(Query([store], "sourdough", _vector(1), limit=5))
+    assert [h.index for h in hits] == [4]
+
+
+async def test_unrelated_query_scores_low(index: ChunkIndex) -> None:
+    store = _store()
+    await _filled(index, store, "file-a", DOCS)
+    hits = await index.search(Query([store], "xylophone quantum", _vector(99_999), limit=5))
+    _check(hits, 5)
+    assert hits and hits[0].score < 0.6  # random 16-dim vectors: cosine well below 1
+    assert (
+        await index.search(
+            Query([store], "xylophone quantum", _vector(99_999), limit=5, score_threshold=0.7)
+        )
+        == []
+    )
+
+
+async def test_weights_and_threshold(index: ChunkIndex) -> None:
+    store = _store()
+    chunks = await _filled(index, store, "file-a", DOCS)
+    query_vector = chunks[3].vectors[0]
+    dense_only = await index.search(
+        Query([store], "bread flour", query_vector, limit=6, text_weight=0.0)
+    )
+    assert dense_only[0].index == 3 and "keyword_rank" not in dense_only[0].details
+    text_only = await index.search(
+        Query([store], "bread flour", query_vector, limit=6, embedding_weight=0.0)
+    )
+    assert text_only[0].index == 4 and [h.index for h in text_only] == [4]
+    everything = await index.search(Query([store], "bread flour", query_vector, limit=6))
+    _check(everything, 6)
+    cut = everything[1].score
+    kept = await index.search(
+        Query([store], "bread flour", query_vector, limit=6, score_threshold=cut)
+    )
+    _check(kept, 6, cut)
+    assert [h.index for h in kept] == [h.index for h in everything if h.score >= cut]
+
+
+async def test_file_ids_filter(index: ChunkIndex) -> None:
+    store = _store()
+    await _filled(index, store, "file-a", DOCS[:3], seed=1)
+    b = await _filled(index, store, "file-b", DOCS[3:], seed=2)
+    query = Query([store], "bank water", b[0].vectors[0], limit=10, file_ids=["file-a"])
+    hits = await index.search(query)
+    assert hits and {h.file_id for h in hits} == {"file-a"}
+    many = [f"file-{i}" for i in range(5000)] + ["file-b"]
+    hits = await index.search(
+        Query([store], "bank water", b[0].vectors[0], limit=10, file_ids=many)
+    )
+    assert hits and {h.file_id for h in hits} == {"file-b"}
+    # file-b's chunk 0 carries the query vector.
+    assert [h.index for h in hits if h.details.get("dense_rank") == 1.0] == [0]
+    assert await index.search(Query([store], "bank", b[0].vectors[0], limit=10, file_ids=[])) == []
+
+
+async def test_stores_are_separate_and_combinable(index: ChunkIndex) -> None:
+    one, two = _store(), _store()
+    await _filled(index, one, "file-a", DOCS[:3], seed=3)
+    await _filled(index, two, "file-a", DOCS[3:], seed=4)
+    hits = await index.search(Query([one], "cats bank", None, limit=10))
+    assert {h.vector_store_id for h in hits} == {one}
+    hits = await index.search(Query([one, two], "cats bank", None, limit=10))
+    assert {h.vector_store_id for h in hits} == {one, two}
+
+
+async def test_fencing(index: ChunkIndex) -> None:
+    store = _store()
+    await _filled(index, store, "file-a", ["alpha beta gamma", "delta epsilon"])
+    # A newer attempt drops what the older wrote and refuses its later writes.
+    await index.begin_file(store, "file-a", 2)
+    assert await index.search(Query([store], "alpha delta", None, limit=10)) == []
+    with pytest.raises(Fenced):
+        await index.add(store, "file-a", 1, _chunks(["stale words alpha"]))
+    with pytest.raises(Fenced):
+        await index.begin_file(store, "file-a", 1)
+    assert await index.search(Query([store], "stale alpha", None, limit=10)) == []
+    await index.add(store, "file-a", 2, _chunks(["fresh words"]))
+    hits = await index.search(Query([store], "fresh", None, limit=10))
+    assert [(h.file_id, h.text) for h in hits] == [("file-a", "fresh words")]
+    # An attempt that never began cannot write either.
+    with pytest.raises(Fenced):
+        await index.add(store, "file-b", 1, _chunks(["never began"]))
+    assert await index.search(Query([store], "began", None, limit=10)) == []
+
+
+async def test_drop_file_and_store(index: ChunkIndex) -> None:
+    store = _store()
+    await _filled(index, store, "file-a", DOCS[:3])
+    b = await _filled(index, store, "file-b", DOCS[3:], seed=5)
+    await index.drop_file(store, "file-a")
+    hits = await index.search(Query([store], "bank fox water", b[0].vectors[0], limit=10))
+    assert hits and {h.file_id for h in hits} == {"file-b"}
+    # The dropped file's attempt is fenced; the file can come back with a new ingestion.
+    with pytest.raises(Fenced):
+        await index.add(store, "file-a", 1, _chunks(["late write"]))
+    await _filled(index, store, "file-a", ["it came back"])
+    assert [h.file_id for h in await index.search(Query([store], "came", None, limit=5))] == [
+        "file-a"
+    ]
+    await index.drop_store(store)
+    assert (
+        await index.search(Query([store], "bank fox water came", b[0].vectors[0], limit=10)) == []
+    )
+    with pytest.raises(Fenced):
+        await index.add(store, "file-b", 1, _chunks(["after the store went"]))
+
+
+async def test_vectors_seen_after_writes(index: ChunkIndex) -> None:
+    store = _store()
+    first = await _filled(index, store, "file-a", DOCS[:2], seed=6)
+    assert (await index.search(Query([store], "", first[1].vectors[1], limit=1)))[0].index == 1
+    await index.begin_file(store, "file-a", 2)
+    second = _chunks(["replacement text"], seed=7)
+    await index.add(store, "file-a", 2, second)
+    hits = await index.search(Query([store], "", second[0].vectors[0], limit=5))
+    assert [(h.index, h.text) for h in hits] == [(0, "replacement text")]
+
+
+async def test_dimensions_per_store(index: ChunkIndex) -> None:
+    small, large = _store(), _store()
+    a = await _filled(index, small, "file-a", DOCS[:3], dims=8, seed=8)
+    b = await _filled(index, large, "file-b", DOCS[3:], dims=384, seed=9)
+    hits = await index.search(Query([small], "", a[2].vectors[0], limit=5))
+    assert hits[0].index == 2 and hits[0].vector_store_id == small
+    hits = await index.search(Query([large], "", b[1].vectors[1], limit=5))
+    assert hits[0].index == 1 and hits[0].vector_store_id == large
+    # A query across both: only the store of matching size answers on the dense side.
+    hits = await index.search(Query([small, large], "", b[1].vectors[1], limit=5))
+    assert {h.vector_store_id for h in hits} == {large}
+
+
+async def test_limit_and_hostile_chunk_text(index: ChunkIndex) -> None:
+    store = _store()
+    texts = [f"common word number {i} \x00 with \ud800 surrogate" for i in range(80)]
+    await _filled(index, store, "file-a", texts, dims=None)
+    hits = await index.search(Query([store], "common", None, limit=500))
+    _check(hits, 500)
+    assert len(hits) == 50
+    assert all("\x00" not in h.text and "\ud800" not in h.text for h in hits)
+    assert await index.search(Query([store], "common", None, limit=0)) == []
+
+
+HOSTILE = st.lists(
+    st.sampled_from(
+        [
+            '"',
+            "'",
+            "*",
+            "-",
+            "OR",
+            "AND",
+            "NOT",
+            "NEAR(",
+            ":",
+            "^",
+            "(",
+            ")",
+            "\\",
+            "\x00",
+            "\ud800",
+            "\udfff",
+            "fox",
+            "bank",
+            "é",
+            " ",
+            "|",
+            "&",
+            "!",
+            "<->",
+            "{",
+            "+",
+            "\n",
+        ]
+    ),
+    max_size=40,
+).map("".join) | st.text(max_size=200)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(text=HOSTILE, threshold=st.sampled_from([0.0, 0.2, 0.5]), with_vector=st.booleans())
+@example(text="x" * 10_000, threshold=0.0, with_vector=True)
+@example(text="fox " * 2_500, threshold=0.0, with_vector=False)
+@example(text='"fox" OR NEAR(bank, 2) -fox "unbalanced ((', threshold=0.0, with_vector=False)
+async def test_hostile_queries(
+    index: ChunkIndex, text: str, threshold: float, with_vector: bool
+) -> None:
+    store = getattr(index, "_hostile_store", None)
+    if store is None:
+        store = _store()
+        await _filled(index, store, "file-a", DOCS)
+        index._hostile_store = store  # type: ignore[attr-defined]
+    hits = await index.search(
+        Query(
+            [store],
+            text,
+            _vector(3) if with_vector else None,
+            limit=7,
+            score_threshold=threshold,
+            file_ids=["file-a", text] if len(text) % 2 else None,
+        )
+    )
+    _check(hits, 7, threshold)
