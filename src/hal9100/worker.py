@@ -20,11 +20,12 @@ from sqlalchemy import ColumnElement, or_, select, update
 from hal9100.config import Settings
 from hal9100.core.clock import now
 from hal9100.db.engine import make_engine, make_sessionmaker
-from hal9100.db.models import Run, RunStatus
+from hal9100.db.models import Run, RunStatus, VectorStoreFile
 from hal9100.engine.loop import Engine
 from hal9100.engine.recorder import Execution
 from hal9100.engine.state import ACTIVE, RUNNABLE, terminal_values, transition
-from hal9100.queue.base import EXECUTE_RUN
+from hal9100.ingestion.job import Ingestor
+from hal9100.queue.base import EXECUTE_RUN, INGEST_FILE
 from hal9100.runs.lifecycle import close_open_work, run_event
 from hal9100.runs.recorder import AssistantsRecorder
 from hal9100.runtime import Runtime, connect_runtime
@@ -49,6 +50,14 @@ class Worker:
             worker_id=new_worker_id(),
             recorder=self._recorder,
         )
+        self.ingestor = Ingestor(
+            sessions=runtime.sessions,
+            storage=runtime.storage,
+            index=runtime.index,
+            embedder=runtime.embedder,
+            settings=runtime.settings,
+            worker_id=self.engine.worker_id,
+        )
         self._sweeper: asyncio.Task[None] | None = None
 
     def _recorder(self, execution: Execution) -> AssistantsRecorder:
@@ -58,7 +67,7 @@ class Worker:
     async def start(self) -> None:
         self.runtime.router.warm()
         await self.runtime.queue.start_consuming(
-            {EXECUTE_RUN: self.engine.execute}, self.concurrency
+            {EXECUTE_RUN: self.engine.execute, INGEST_FILE: self.ingestor}, self.concurrency
         )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="run-sweeper")
 
@@ -75,6 +84,10 @@ class Worker:
                 await sweep(self.runtime)
             except Exception:
                 log.exception("sweep failed")
+            try:
+                await self.ingestor.sweep(self.runtime.queue)
+            except Exception:
+                log.exception("ingestion sweep failed")
             await asyncio.sleep(self.runtime.settings.sweep_seconds)
 
 
@@ -155,6 +168,12 @@ async def release_leases(url: str) -> None:
             result = await session.execute(
                 update(Run)
                 .where(Run.status.in_(RUNNABLE))
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+            # Files being ingested too: the sweep queues them again at once.
+            await session.execute(
+                update(VectorStoreFile)
+                .where(VectorStoreFile.status == "in_progress")
                 .values(lease_owner=None, lease_expires_at=None)
             )
             await session.commit()

@@ -42,3 +42,7 @@ def call_id() -> str:
 
 def vector_store_id() -> str:
     return new_id("vs_")
+
+
+def file_batch_id() -> str:
+    return new_id("vsfb_")

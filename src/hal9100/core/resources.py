@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.core.errors import bad_request
 from hal9100.core.schemas import ToolResources, dump_json
-from hal9100.db.models import File
+from hal9100.db.models import File, VectorStore
 
 
 async def check_file_refs(session: AsyncSession, refs: list[tuple[str, str]]) -> None:
@@ -46,13 +46,15 @@ async def check_tool_resources(
                 "Only one of 'vector_store_ids' or 'vector_stores' may be given.",
                 f"{param}.file_search",
             )
-        for index, store_id in enumerate(search.vector_store_ids or []):
-            # Vector stores arrive with file_search; until then no id can name one.
-            raise bad_request(
-                f"Invalid '{param}.file_search.vector_store_ids[{index}]': "
-                f"no vector store found with id '{store_id}'.",
-                f"{param}.file_search.vector_store_ids[{index}]",
-            )
+        wanted = search.vector_store_ids or []
+        found = set(await session.scalars(select(VectorStore.id).where(VectorStore.id.in_(wanted))))
+        for index, store_id in enumerate(wanted):
+            if store_id not in found:
+                raise bad_request(
+                    f"Invalid '{param}.file_search.vector_store_ids[{index}]': "
+                    f"no vector store found with id '{store_id}'.",
+                    f"{param}.file_search.vector_store_ids[{index}]",
+                )
         for index, helper in enumerate(search.vector_stores or []):
             await check_file_ids(
                 session, helper.file_ids, f"{param}.file_search.vector_stores[{index}].file_ids"

@@ -3,7 +3,7 @@ them and call the task's handler.
 
 A task only says "this has work to do". The database holds the state and a lease on it, so
 a task delivered twice does its work once, and a task lost from the queue is found again by
-a sweeper. File ingestion will be the second task.
+a sweeper.
 """
 
 from __future__ import annotations
@@ -13,6 +13,18 @@ from typing import Protocol
 
 # The task that executes a run; its key is the run's id.
 EXECUTE_RUN = "execute_run"
+# The task that ingests one file of a vector store; its key is `ingest_key(store, file)`.
+INGEST_FILE = "ingest_file"
+
+
+def ingest_key(vector_store_id: str, file_id: str) -> str:
+    return f"{vector_store_id}/{file_id}"
+
+
+def split_ingest_key(key: str) -> tuple[str, str]:
+    vector_store_id, _, file_id = key.partition("/")
+    return vector_store_id, file_id
+
 
 Handler = Callable[[str], Awaitable[None]]
 

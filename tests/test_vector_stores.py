@@ -1,0 +1,352 @@
+"""Vector stores through the official SDK, in both modes: stores, files, batches, ingestion
+of every listed file type, search (filters, ranking options, hostile queries), expiry."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import httpx
+import openai
+import pytest
+
+DOCS = {
+    "curie.txt": (
+        "Marie Curie was a physicist and chemist who conducted pioneering research on "
+        "radioactivity. She was the first woman to win a Nobel Prize, and the only person "
+        "to win Nobel Prizes in two different sciences: physics in 1903 and chemistry in 1911."
+    ),
+    "volcano.md": (
+        "# Volcanoes\n\nA volcano is a rupture in the crust of a planet that allows hot lava, "
+        "volcanic ash and gases to escape from a magma chamber below the surface. Mount "
+        "Etna in Sicily is one of the most active volcanoes in the world."
+    ),
+    "bread.html": (
+        "<html><head><title>Bread</title><style>p{color:red}</style></head><body><h1>Baking "
+        "bread</h1><p>Sourdough bread is leavened by wild yeast and lactic acid bacteria. "
+        "Knead the dough, let it rise overnight, then bake it in a hot oven.</p></body></html>"
+    ),
+}
+
+
+def upload(client: openai.OpenAI, name: str, text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return client.files.create(file=(name, data), purpose="assistants").id
+
+
+def wait_store(
+    client: openai.OpenAI, store_id: str, timeout: float = 90
+) -> openai.types.VectorStore:
+    deadline = time.monotonic() + timeout
+    while True:
+        store = client.vector_stores.retrieve(store_id)
+        if store.status != "in_progress" or time.monotonic() > deadline:
+            return store
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def library(server, request) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """A store holding DOCS, ingested once for the module's tests."""
+    from conftest import make_client
+
+    client = make_client(server.urls)
+    ids = {name: upload(client, name, text) for name, text in DOCS.items()}
+    store = client.vector_stores.create(name="library", file_ids=list(ids.values()))
+    done = wait_store(client, store.id)
+    assert done.status == "completed", done
+    assert done.file_counts.completed == 3, done.file_counts
+    client.close()
+    return {"store": store.id, **ids}
+
+
+def test_store_lifecycle(client: openai.OpenAI) -> None:
+    store = client.vector_stores.create(name="empty", metadata={"team": "a"})
+    assert store.object == "vector_store"
+    assert store.status == "completed"
+    assert store.file_counts.total == 0
+    assert store.usage_bytes == 0
+    assert store.metadata == {"team": "a"}
+    assert client.vector_stores.retrieve(store.id).name == "empty"
+    updated = client.vector_stores.update(
+        store.id, name="renamed", expires_after={"anchor": "last_active_at", "days": 2}
+    )
+    assert updated.name == "renamed"
+    assert updated.expires_at == updated.last_active_at + 2 * 86400
+    ids = [s.id for s in client.vector_stores.list(limit=100)]
+    assert store.id in ids
+    deleted = client.vector_stores.delete(store.id)
+    assert deleted.deleted and deleted.object == "vector_store.deleted"
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.retrieve(store.id)
+
+
+def test_ingested_files_and_search(client: openai.OpenAI, library: dict[str, str]) -> None:
+    store = client.vector_stores.retrieve(library["store"])
+    assert store.usage_bytes > 0
+    files = list(client.vector_stores.files.list(library["store"]))
+    assert {f.id for f in files} == {library[n] for n in DOCS}
+    for f in files:
+        assert f.status == "completed" and f.last_error is None
+        assert f.chunking_strategy.type == "static"
+    page = client.vector_stores.search(library["store"], query="What did Curie win?")
+    assert page.data, page
+    assert page.data[0].file_id == library["curie.txt"]
+    assert page.data[0].filename == "curie.txt"
+    assert "Nobel" in page.data[0].content[0].text
+    scores = [r.score for r in page.data]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0 <= s <= 1 for s in scores)
+    # Semantic: no word of the query is in the document.
+    page = client.vector_stores.search(library["store"], query="molten rock erupting mountain")
+    assert page.data[0].file_id == library["volcano.md"]
+
+
+def test_html_is_read_as_text(client: openai.OpenAI, library: dict[str, str]) -> None:
+    pages = list(
+        client.vector_stores.files.content(library["bread.html"], vector_store_id=library["store"])
+    )
+    text = "".join(p.text or "" for p in pages)
+    assert "Sourdough" in text
+    assert "color:red" not in text and "<p>" not in text
+
+
+def test_search_filters_and_attributes(client: openai.OpenAI) -> None:
+    store = client.vector_stores.create(name="filtered")
+    a = upload(client, "a.txt", "Quarterly report on apple harvests in Normandy.")
+    b = upload(client, "b.txt", "Quarterly report on apple prices in Kent.")
+    fa = client.vector_stores.files.create_and_poll(
+        a, vector_store_id=store.id, attributes={"region": "fr", "year": 2023, "public": True}
+    )
+    fb = client.vector_stores.files.create_and_poll(
+        b, vector_store_id=store.id, attributes={"region": "uk", "year": 2024, "public": False}
+    )
+    assert fa.status == fb.status == "completed"
+    assert fa.attributes == {"region": "fr", "year": 2023, "public": True}
+
+    def found(filters: dict) -> set[str]:  # type: ignore[type-arg]
+        page = client.vector_stores.search(store.id, query="apple report", filters=filters)  # type: ignore[arg-type]
+        return {r.file_id for r in page.data}
+
+    assert found({"type": "eq", "key": "region", "value": "fr"}) == {a}
+    assert found({"type": "ne", "key": "region", "value": "fr"}) == {b}
+    assert found({"type": "gte", "key": "year", "value": 2024}) == {b}
+    assert found({"type": "lt", "key": "year", "value": 2024}) == {a}
+    assert found({"type": "in", "key": "region", "value": ["uk", "de"]}) == {b}
+    assert found({"type": "nin", "key": "region", "value": ["uk"]}) == {a}
+    assert found({"type": "eq", "key": "public", "value": True}) == {a}
+    assert found(
+        {
+            "type": "or",
+            "filters": [
+                {"type": "eq", "key": "region", "value": "uk"},
+                {"type": "and", "filters": [{"type": "gt", "key": "year", "value": 2000}]},
+            ],
+        }
+    ) == {a, b}
+    assert found({"type": "eq", "key": "missing", "value": "x"}) == set()
+    updated = client.vector_stores.files.update(
+        file_id=a, vector_store_id=store.id, attributes={"region": "uk"}
+    )
+    assert updated.attributes == {"region": "uk"}
+    assert found({"type": "eq", "key": "region", "value": "uk"}) == {a, b}
+
+
+def test_ranking_options_and_threshold(client: openai.OpenAI, library: dict[str, str]) -> None:
+    everything = client.vector_stores.search(
+        library["store"], query="Nobel Prize chemistry", max_num_results=50
+    )
+    assert len(everything.data) >= 1
+    top = everything.data[0].score
+    strict = client.vector_stores.search(
+        library["store"],
+        query="Nobel Prize chemistry",
+        ranking_options={"ranker": "none", "score_threshold": min(1.0, top + 1e-6)},
+    )
+    assert strict.data == []
+    one = client.vector_stores.search(library["store"], query="bread", max_num_results=1)
+    assert len(one.data) == 1
+    rewritten = client.vector_stores.search(
+        library["store"], query="What is sourdough bread?", rewrite_query=True
+    )
+    assert rewritten.search_query == ["sourdough bread"]
+
+
+HOSTILE = [
+    "What did Curie win?",
+    '"unbalanced',
+    "(((",
+    "a) OR (b",
+    "NEAR(curie nobel, 2)",
+    "curie*",
+    "-curie",
+    "title:curie",
+    "^curie",
+    "'; DROP TABLE chunks; --",
+    "!!!???...",
+    "",
+    " ",
+    "é" * 50,
+    "x" * 10_000,
+    "curie " * 2000,
+    "\u202e\u200b",
+]
+
+
+@pytest.mark.parametrize("query", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_queries_never_break_search(
+    client: openai.OpenAI, library: dict[str, str], query: str
+) -> None:
+    page = client.vector_stores.search(library["store"], query=query)
+    for result in page.data:
+        assert 0 <= result.score <= 1
+
+
+def test_unsupported_and_invalid_files(client: openai.OpenAI) -> None:
+    store = client.vector_stores.create(name="bad files")
+    exe = upload(client, "tool.exe", b"MZ\x90\x00" + bytes(range(256)) * 10)
+    pdf = upload(client, "broken.pdf", b"%PDF-1.7\nthis is not a pdf at all")
+    first = client.vector_stores.files.create_and_poll(exe, vector_store_id=store.id)
+    assert first.status == "failed"
+    assert first.last_error is not None and first.last_error.code == "unsupported_file"
+    second = client.vector_stores.files.create_and_poll(pdf, vector_store_id=store.id)
+    assert second.status == "failed"
+    assert second.last_error is not None and second.last_error.code == "invalid_file"
+    counts = client.vector_stores.retrieve(store.id).file_counts
+    assert (counts.failed, counts.total) == (2, 2)
+    failed = list(client.vector_stores.files.list(store.id, filter="failed"))
+    assert {f.id for f in failed} == {exe, pdf}
+    assert list(client.vector_stores.files.list(store.id, filter="completed")) == []
+
+
+def test_batches_upload_and_poll(client: openai.OpenAI) -> None:
+    store = client.vector_stores.create(name="batched")
+    batch = client.vector_stores.file_batches.upload_and_poll(
+        store.id,
+        files=[
+            ("one.txt", io.BytesIO(b"The first file is about owls.")),
+            ("two.py", io.BytesIO(b"def hoot():\n    return 'owl'\n")),
+            ("three.json", io.BytesIO(b'{"bird": "owl", "sound": "hoot"}')),
+        ],
+    )
+    assert batch.object == "vector_store.files_batch"
+    assert batch.status == "completed"
+    assert batch.file_counts.completed == 3 and batch.file_counts.total == 3
+    listed = list(client.vector_stores.file_batches.list_files(batch.id, vector_store_id=store.id))
+    assert len(listed) == 3
+    again = client.vector_stores.file_batches.retrieve(batch.id, vector_store_id=store.id)
+    assert again.status == "completed"
+    with pytest.raises(openai.BadRequestError):
+        client.vector_stores.file_batches.cancel(batch.id, vector_store_id=store.id)
+
+
+def test_batch_with_per_file_settings(client: openai.OpenAI) -> None:
+    store = client.vector_stores.create(name="per file")
+    a = upload(client, "a.txt", "alpha " * 300)
+    b = upload(client, "b.txt", "beta " * 300)
+    batch = client.vector_stores.file_batches.create_and_poll(
+        vector_store_id=store.id,
+        files=[
+            {"file_id": a, "attributes": {"k": "a"}},
+            {
+                "file_id": b,
+                "chunking_strategy": {
+                    "type": "static",
+                    "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 50},
+                },
+            },
+        ],
+    )
+    assert batch.status == "completed"
+    fb = client.vector_stores.files.retrieve(b, vector_store_id=store.id)
+    assert fb.chunking_strategy.type == "static"
+    assert fb.chunking_strategy.static.max_chunk_size_tokens == 100  # type: ignore[union-attr]
+    fa = client.vector_stores.files.retrieve(a, vector_store_id=store.id)
+    assert fa.attributes == {"k": "a"}
+    assert fa.chunking_strategy.static.max_chunk_size_tokens == 800  # type: ignore[union-attr]
+
+
+def test_delete_file_removes_it_from_search(client: openai.OpenAI) -> None:
+    store = client.vector_stores.create(name="deleting")
+    keep = upload(client, "keep.txt", "Penguins live in the southern hemisphere.")
+    drop = upload(client, "drop.txt", "Penguins cannot fly but swim very well.")
+    batch = client.vector_stores.file_batches.create_and_poll(
+        vector_store_id=store.id, file_ids=[keep, drop]
+    )
+    assert batch.file_counts.completed == 2
+    deleted = client.vector_stores.files.delete(drop, vector_store_id=store.id)
+    assert deleted.deleted and deleted.object == "vector_store.file.deleted"
+    page = client.vector_stores.search(store.id, query="penguins")
+    assert {r.file_id for r in page.data} == {keep}
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.files.retrieve(drop, vector_store_id=store.id)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (
+            {
+                "chunking_strategy": {
+                    "type": "static",
+                    "static": {"max_chunk_size_tokens": 99, "chunk_overlap_tokens": 0},
+                }
+            },
+            "chunking_strategy.static.max_chunk_size_tokens",
+        ),
+        (
+            {
+                "chunking_strategy": {
+                    "type": "static",
+                    "static": {"max_chunk_size_tokens": 4097, "chunk_overlap_tokens": 0},
+                }
+            },
+            "chunking_strategy.static.max_chunk_size_tokens",
+        ),
+        (
+            {
+                "chunking_strategy": {
+                    "type": "static",
+                    "static": {"max_chunk_size_tokens": 800, "chunk_overlap_tokens": 401},
+                }
+            },
+            "chunking_strategy.static",
+        ),
+        ({"chunking_strategy": {"type": "other"}}, "chunking_strategy.type"),
+        ({"expires_after": {"anchor": "created_at", "days": 1}}, "expires_after.anchor"),
+        ({"expires_after": {"anchor": "last_active_at", "days": 366}}, "expires_after.days"),
+        ({"file_ids": ["file-nope"]}, "file_ids[0]"),
+        ({"unknown": 1}, "unknown"),
+    ],
+)
+def test_create_refuses_bad_requests(http: httpx.Client, body: dict, param: str) -> None:  # type: ignore[type-arg]
+    response = http.post("/v1/vector_stores", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param, error
+
+
+def test_search_refuses_bad_requests(http: httpx.Client, library: dict[str, str]) -> None:
+    url = f"/v1/vector_stores/{library['store']}/search"
+    for body in (
+        {},
+        {"query": "x", "max_num_results": 0},
+        {"query": "x", "max_num_results": 51},
+        {"query": []},
+        {"query": "x", "ranking_options": {"score_threshold": 1.5}},
+        {"query": "x", "ranking_options": {"ranker": "bm25"}},
+        {"query": "x", "filters": {"type": "regex", "key": "a", "value": "b"}},
+    ):
+        response = http.post(url, json=body)
+        assert response.status_code == 400, (body, response.text)
+    assert http.post("/v1/vector_stores/vs_nope/search", json={"query": "x"}).status_code == 404
+
+
+def test_unknown_objects_are_404(client: openai.OpenAI, library: dict[str, str]) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.files.retrieve("file-nope", vector_store_id=library["store"])
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.file_batches.retrieve("vsfb_nope", vector_store_id=library["store"])
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.files.list("vs_nope")
