@@ -49,6 +49,7 @@ class Worker:
             settings=runtime.settings,
             worker_id=new_worker_id(),
             recorder=self._recorder,
+            vector_search=runtime.vector_search,
         )
         self.ingestor = Ingestor(
             sessions=runtime.sessions,

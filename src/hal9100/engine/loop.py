@@ -24,7 +24,7 @@ import json
 import logging
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -52,6 +52,9 @@ from hal9100.llm.router import ModelRouter
 from hal9100.storage.base import ObjectStorage
 from hal9100.tools.base import ServerTool, ToolContext, ToolOutput
 from hal9100.tools.registry import Toolset, build_toolset
+
+if TYPE_CHECKING:
+    from hal9100.vector_stores.search import VectorSearch
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,7 @@ class Engine:
         settings: Settings,
         worker_id: str,
         recorder: RecorderFactory,
+        vector_search: VectorSearch | None = None,
     ) -> None:
         self.sessions = sessions
         self.bus = bus
@@ -107,6 +111,7 @@ class Engine:
         self.settings = settings
         self.worker_id = worker_id
         self.recorder = recorder
+        self.vector_search = vector_search
         self.lease = Lease(sessions, worker_id, settings.lease_seconds)
 
     async def execute(self, run_id: str) -> None:
@@ -538,6 +543,8 @@ class _Job:
             settings=self.settings,
             deadline=float(run.expires_at) if run.expires_at is not None else None,
             progress=progress,
+            call_id=call.id,
+            vector_search=self.x.vector_search,
         )
         try:
             return await tool.call(call.name, _arguments(call), ctx)

@@ -5,6 +5,7 @@ the engine's (`engine/state.py`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -17,6 +18,7 @@ from hal9100.engine.state import TERMINAL
 from hal9100.events.base import RunEvent
 from hal9100.messages.service import to_object as message_object
 from hal9100.runs.schemas import RunObject, RunStepObject
+from hal9100.tools import file_search
 from hal9100.tools.action import redact_tools
 
 NO_USAGE: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -64,7 +66,19 @@ def run_object(run: Run) -> RunObject:
     )
 
 
-def step_object(step: RunStep) -> RunStepObject:
+def step_object(step: RunStep, include: Sequence[str] | None = ()) -> RunStepObject:
+    """A step as the API serves it: file_search results carry their content only when the
+    request's (or the run's) `include` asks for it."""
+    details = step.step_details
+    if step.type == "tool_calls" and isinstance(details.get("tool_calls"), list):
+        content = file_search.INCLUDE_CONTENT in (include or ())
+        details = {
+            **details,
+            "tool_calls": [
+                file_search.public_details(c, content) if isinstance(c, dict) else c
+                for c in details["tool_calls"]
+            ],
+        }
     return RunStepObject(
         id=step.id,
         created_at=step.created_at,
@@ -73,7 +87,7 @@ def step_object(step: RunStep) -> RunStepObject:
         run_id=step.run_id,
         type=step.type,
         status=step.status,
-        step_details=step.step_details,
+        step_details=details,
         last_error=step.last_error,
         expired_at=step.expired_at,
         cancelled_at=step.cancelled_at,
@@ -97,10 +111,15 @@ def run_event(run: Run) -> RunEvent:
 
 
 async def close_open_work(
-    session: AsyncSession, run_id: str, status: RunStatus, last_error: dict[str, Any] | None = None
+    session: AsyncSession,
+    run_id: str,
+    status: RunStatus,
+    last_error: dict[str, Any] | None = None,
+    include: Sequence[str] | None = (),
 ) -> list[RunEvent]:
     """Close the steps and messages a run leaves unfinished when it stops as `status`
-    (cancelled, failed, expired or incomplete). Returns their events, to publish after commit."""
+    (cancelled, failed, expired or incomplete). Returns their events, to publish after commit;
+    `include` is the run's (what its steps' events show)."""
     stamp = now()
     events: list[RunEvent] = []
     # Messages first, then the steps that were writing them, as a finished turn does.
@@ -131,5 +150,5 @@ async def close_open_work(
         else:
             step.failed_at = stamp
             step.last_error = last_error
-        events.append(event(f"thread.run.step.{step_status}", step_object(step)))
+        events.append(event(f"thread.run.step.{step_status}", step_object(step, include)))
     return events

@@ -19,6 +19,7 @@ from hal9100.llm.base import (
     ToolCall,
     estimate_tokens,
 )
+from hal9100.tools import file_search
 
 # Room kept free for the answer when `truncation_strategy` is auto and the run sets no
 # completion budget of its own: this much, but never more than a quarter of the window (a
@@ -102,7 +103,8 @@ def _thread_messages(messages: list[Message], images: dict[str, str]) -> list[Ch
 
 def _replayed(call: dict[str, Any]) -> tuple[ToolCall, str] | None:
     """A step's tool call as the model made it, and its output. Functions, the client's and
-    the server's (an action's operation), share the function shape."""
+    the server's (an action's operation), share the function shape; file_search calls have
+    their own."""
     if call.get("type") == "function":
         function = call["function"]
         arguments = function["arguments"]
@@ -112,6 +114,13 @@ def _replayed(call: dict[str, Any]) -> tuple[ToolCall, str] | None:
             # templates do) would refuse the whole prompt over it.
             arguments = "{}"
         return ToolCall(call["id"], function["name"], arguments), (function.get("output") or "")
+    if call.get("type") == "file_search":
+        # OpenAI's shape keeps neither the query nor the output: both are rebuilt from what
+        # the tool stored beside it.
+        return (
+            ToolCall(call["id"], file_search.NAME, file_search.replayed_arguments(call)),
+            file_search.replayed_output(call),
+        )
     return None
 
 
@@ -146,7 +155,11 @@ def _tool_choice(run: Run) -> str | None:
         if choice.get("type") == "function":
             name: str = choice["function"]["name"]
             return name
-        # A built-in tool named explicitly: the model must call some tool.
+        if choice.get("type") == "file_search" and any(
+            t.get("type") == "file_search" for t in run.tools or []
+        ):
+            return file_search.NAME
+        # Another built-in tool named explicitly: the model must call some tool.
         return "required"
     if isinstance(choice, str):
         return choice

@@ -4,7 +4,9 @@ messages on the thread, and the `thread.*` events that stream them.
 A model turn's text becomes a message with its `message_creation` step; its tool calls one
 `tool_calls` step, whose calls the server fills in as it runs them (an action's call keeps
 the function shape, its output written by the server) and the client fills in for its own.
-Deltas are streamed and never stored; the finished text is.
+Deltas are streamed and never stored; the finished text is. Citation markers in the text
+become annotations as it streams (`runs.citations`), from the results of the run's
+file_search calls as the steps held them when the turn's prompt was built.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from hal9100.events.base import RunEvent
 from hal9100.llm.base import FunctionTool
 from hal9100.messages.repository import MessageRepository
 from hal9100.messages.service import to_object as message_object
+from hal9100.runs.citations import CitationStream, Sources, sources_of
 from hal9100.runs.lifecycle import close_open_work, event, run_event, step_object
 from hal9100.runs.prompt import build_prompt, data_url, image_file_ids
 from hal9100.storage.base import ObjectStorage
+from hal9100.tools import file_search
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 # The first token's events leave before its message row is written: an embedded SQLite write
@@ -41,7 +45,8 @@ class _Turn:
     message: Message | None = None
     message_step: RunStep | None = None
     tool_step: RunStep | None = None
-    text: list[str] = field(default_factory=list)
+    # The answer's text, its citation markers made annotations.
+    cite: CitationStream = field(default_factory=lambda: CitationStream({}))
     calls: dict[int, Call] = field(default_factory=dict)
     arguments: dict[int, list[str]] = field(default_factory=dict)
     # When the message was announced completed because the model went on to tool calls
@@ -57,7 +62,21 @@ class _Turn:
             await task
 
 
+def _searches(run: Run, name: str | None) -> bool:
+    """Whether a call of this name is the run's file_search tool (a client function of that
+    name would take the name, as the toolset gives it)."""
+    if name != file_search.NAME:
+        return False
+    tools = run.tools or []
+    return any(t.get("type") == "file_search" for t in tools) and not any(
+        t.get("type") == "function" and t.get("function", {}).get("name") == name for t in tools
+    )
+
+
 def _tool_call(call: Call) -> dict[str, Any]:
+    if call.details is None and call.kind == "server" and call.name == file_search.NAME:
+        # Not run yet: OpenAI shows a file_search call so from the start.
+        return {"id": call.id, "type": "file_search", "file_search": {}}
     return {"id": call.id, **(call.details or call.function_details())}
 
 
@@ -68,8 +87,35 @@ class AssistantsRecorder:
         self.turn: _Turn | None = None
         # The step holding the calls of the turn whose server-side calls are being run.
         self.tool_step: RunStep | None = None
+        # What markers in the next turn's answer may cite.
+        self.sources: Sources = {}
+        # The run's `include`, once known: what its steps' events show.
+        self.include: list[str] | None = None
+
+    def _saw(self, run: Run) -> None:
+        self.include = list(run.include or [])
+
+    async def _include(self, session: AsyncSession) -> list[str]:
+        if self.include is None:
+            found = await session.scalar(select(Run.include).where(Run.id == self.x.run_id))
+            self.include = list(found or [])
+        return self.include
+
+    def _message_content(self, turn: _Turn) -> list[dict[str, Any]]:
+        text = {"value": turn.cite.value, "annotations": turn.cite.annotations}
+        return [{"type": "text", "text": text}]
+
+    def _text_delta(self, turn: _Turn, text: dict[str, Any]) -> RunEvent:
+        assert turn.message is not None
+        payload = {
+            "id": turn.message.id,
+            "object": "thread.message.delta",
+            "delta": {"content": [{"index": 0, "type": "text", "text": text}]},
+        }
+        return event("thread.message.delta", payload)
 
     def run_changed(self, run: Run) -> list[RunEvent]:
+        self._saw(run)
         return [run_event(run)]
 
     # --- the prompt ------------------------------------------------------------------------
@@ -84,6 +130,7 @@ class AssistantsRecorder:
         prompt_tokens_used: int,
         completion_tokens_left: int | None,
     ) -> Prompt:
+        self._saw(run)
         messages = await MessageRepository(session).all_in_thread(run.thread_id)
         steps = list(
             (
@@ -95,6 +142,7 @@ class AssistantsRecorder:
             ).all()
         )
         images = await self._images(session, image_file_ids(messages))
+        self.sources = sources_of([s.step_details for s in steps if s.type == "tool_calls"])
         return build_prompt(
             run,
             messages,
@@ -122,6 +170,7 @@ class AssistantsRecorder:
         return out
 
     async def resumed(self, session: AsyncSession, run: Run) -> None:
+        self._saw(run)
         open_ids = {c["id"] for c in run.open_calls or []}
         unfinished = (
             await session.scalars(
@@ -145,22 +194,25 @@ class AssistantsRecorder:
 
     # --- a model turn, as it streams -------------------------------------------------------
 
+    def _new_turn(self) -> _Turn:
+        return _Turn(cite=CitationStream(self.sources))
+
     async def text(self, run: Run, delta: str) -> None:
-        turn = self.turn = self.turn or _Turn()
+        turn = self.turn = self.turn or self._new_turn()
         if turn.message is None:
             await self._open_message(run, turn)
         assert turn.message is not None
-        turn.text.append(delta)
-        payload = {
-            "id": turn.message.id,
-            "object": "thread.message.delta",
-            "delta": {
-                "content": [
-                    {"index": 0, "type": "text", "text": {"value": delta, "annotations": []}}
-                ]
-            },
-        }
-        await self.x.publish_one(event("thread.message.delta", payload))
+        # A marker split across pieces is held back until it is whole (or is no marker).
+        piece = turn.cite.feed(delta)
+        if piece is not None:
+            await self.x.publish_one(self._text_delta(turn, piece.delta()))
+
+    def _finish_text(self, turn: _Turn) -> list[RunEvent]:
+        """The answer ended: what the citation stream still held goes out as text."""
+        piece = turn.cite.finish()
+        if piece is None or turn.message is None:
+            return []
+        return [self._text_delta(turn, piece.delta())]
 
     async def _open_message(self, run: Run, turn: _Turn) -> None:
         stamp = now()
@@ -204,7 +256,7 @@ class AssistantsRecorder:
         turn.persisting = asyncio.create_task(self.x.insert(message, step, after=FIRST_WRITE_DELAY))
 
     async def tool_call(self, run: Run, call: Call, name: str | None, arguments: str) -> None:
-        turn = self.turn = self.turn or _Turn()
+        turn = self.turn = self.turn or self._new_turn()
         if turn.tool_step is None:
             await turn.persisted()
             if turn.message is not None and turn.message_done_at is None:
@@ -229,12 +281,20 @@ class AssistantsRecorder:
                     event("thread.run.step.in_progress", step_out),
                 ]
             )
-        fragment: dict[str, Any] = {"index": call.position, "type": "function"}
-        if call.position not in turn.calls:
+        first = call.position not in turn.calls
+        if first:
             turn.calls[call.position] = call
             turn.arguments[call.position] = []
-            fragment["id"] = call.id
         turn.arguments[call.position].append(arguments)
+        if _searches(run, turn.calls[call.position].name or name):
+            # OpenAI streams a file_search call as its own type, without its arguments.
+            if first:
+                search = {"index": call.position, "id": call.id, "type": "file_search"}
+                await self._step_delta(turn.tool_step, {**search, "file_search": {}})
+            return
+        fragment: dict[str, Any] = {"index": call.position, "type": "function"}
+        if first:
+            fragment["id"] = call.id
         function: dict[str, Any] = {"arguments": arguments, "output": None}
         if name:
             function["name"] = name
@@ -254,11 +314,10 @@ class AssistantsRecorder:
         the tool-call step opens (the SDK's helpers expect one open step at a time). Their
         rows are written at the end of the turn, or by `_keep_partial` if the run stops."""
         assert turn.message is not None and turn.message_step is not None
+        held = self._finish_text(turn)
         stamp = turn.message_done_at = now()
         message, step = turn.message, turn.message_step
-        message.content = [
-            {"type": "text", "text": {"value": "".join(turn.text), "annotations": []}}
-        ]
+        message.content = self._message_content(turn)
         message.status = "completed"
         message.completed_at = stamp
         step.status = "completed"
@@ -266,6 +325,7 @@ class AssistantsRecorder:
         step.usage = None  # the turn's usage goes to its tool-call step
         await self.x.publish(
             [
+                *held,
                 event("thread.message.completed", message_object(message)),
                 event("thread.run.step.completed", step_object(step)),
             ]
@@ -279,9 +339,11 @@ class AssistantsRecorder:
         self.turn = None
 
     async def end_turn(self, session: AsyncSession, run: Run, end: TurnEnd) -> list[RunEvent]:
-        turn = self.turn or _Turn()
+        self._saw(run)
+        turn = self.turn or self._new_turn()
         stamp = now()
-        events: list[RunEvent] = []
+        # The turn's text is `end.text` with its markers made annotations: what streamed.
+        events: list[RunEvent] = self._finish_text(turn)
         turn_usage = {
             "prompt_tokens": end.usage.prompt_tokens,
             "completion_tokens": end.usage.completion_tokens,
@@ -291,7 +353,7 @@ class AssistantsRecorder:
             announced = turn.message_done_at is not None
             # The turn's own objects, written back as plain UPDATEs (no re-read).
             message, step = turn.message, turn.message_step
-            message.content = [{"type": "text", "text": {"value": end.text, "annotations": []}}]
+            message.content = self._message_content(turn)
             if end.cut_short and not announced:
                 message.status = "incomplete"
                 message.incomplete_at = stamp
@@ -340,7 +402,9 @@ class AssistantsRecorder:
             if not end.calls_open:
                 tool_step.status = "completed"
                 tool_step.completed_at = stamp
-                events.append(event("thread.run.step.completed", step_object(tool_step)))
+                events.append(
+                    event("thread.run.step.completed", step_object(tool_step, self.include))
+                )
             else:
                 self.tool_step = tool_step
                 # The calls the model must redo are answered at once.
@@ -421,7 +485,8 @@ class AssistantsRecorder:
             )
             .execution_options(synchronize_session=False)
         )
-        return [event("thread.run.step.completed", step_object(step))]
+        include = await self._include(session)
+        return [event("thread.run.step.completed", step_object(step, include))]
 
     # --- the end ---------------------------------------------------------------------------
 
@@ -431,7 +496,8 @@ class AssistantsRecorder:
         await self._keep_partial(session)
         self.turn = None
         self.tool_step = None
-        return await close_open_work(session, self.x.run_id, status, last_error)
+        include = await self._include(session)
+        return await close_open_work(session, self.x.run_id, status, last_error, include)
 
     async def _keep_partial(self, session: AsyncSession) -> None:
         """Store what the unfinished turn streamed (text, tool-call fragments) on the message
@@ -440,14 +506,15 @@ class AssistantsRecorder:
         turn = self.turn
         if turn is None:
             return
-        text = {"value": "".join(turn.text), "annotations": []}
+        # What the citation stream held back was never streamed: it is not stored either.
+        content = self._message_content(turn)
         if turn.message is not None and turn.message_done_at is not None:
             # Announced completed when the tool calls began: store it so.
             done = {"status": "completed", "completed_at": turn.message_done_at}
             await session.execute(
                 update(Message)
                 .where(Message.id == turn.message.id, Message.status == "in_progress")
-                .values(content=[{"type": "text", "text": text}], **done)
+                .values(content=content, **done)
                 .execution_options(synchronize_session=False)
             )
             if turn.message_step is not None:
@@ -457,11 +524,11 @@ class AssistantsRecorder:
                     .values(**done)
                     .execution_options(synchronize_session=False)
                 )
-        elif turn.message is not None and turn.text:
+        elif turn.message is not None and turn.cite.value:
             await session.execute(
                 update(Message)
                 .where(Message.id == turn.message.id, Message.status == "in_progress")
-                .values(content=[{"type": "text", "text": text}])
+                .values(content=content)
                 .execution_options(synchronize_session=False)
             )
         if turn.tool_step is not None and turn.calls:

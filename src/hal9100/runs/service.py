@@ -44,6 +44,7 @@ from hal9100.threads.repository import ThreadRepository
 from hal9100.threads.schemas import ThreadCreate
 from hal9100.threads.service import build_thread
 from hal9100.threads.service import to_object as thread_object
+from hal9100.tools import file_search
 from hal9100.tools.action import restore_redacted
 from hal9100.tools.action.check import check_tools, offered_functions
 from hal9100.tools.action.spec import all_parsed, function_names
@@ -52,7 +53,7 @@ from hal9100.tools.action.spec import all_parsed, function_names
 _CANCEL_ATTEMPTS = 5
 # A run create whose checks were overtaken by a concurrent write checks again this often.
 _CREATE_ATTEMPTS = 3
-INCLUDABLE = ("step_details.tool_calls[*].file_search.results[*].content",)
+INCLUDABLE = (file_search.INCLUDE_CONTENT,)
 
 
 @dataclass(slots=True)
@@ -302,7 +303,9 @@ async def cancel(session: AsyncSession, runtime: Runtime, thread_id: str, run_id
             terminal_values(RunStatus.CANCELLED, cancel_requested=True),
         )
         if idle is not None:
-            events = await close_open_work(session, run_id, RunStatus.CANCELLED)
+            events = await close_open_work(
+                session, run_id, RunStatus.CANCELLED, include=idle.include
+            )
             await session.commit()
             for item in [*events, run_event(idle)]:
                 await runtime.bus.publish(run_id, item)
@@ -385,7 +388,7 @@ async def submit_tool_outputs(
         step.step_details = details
         step.status = "completed"
         step.completed_at = now()
-        events.append(event("thread.run.step.completed", step_object(step)))
+        events.append(event("thread.run.step.completed", step_object(step, run.include)))
     await session.commit()
     events.append(event("thread.run.queued", run_object(resumed)))
     return await _dispatch(runtime, resumed, events, body.stream)
@@ -416,7 +419,7 @@ async def list_steps(
     _check_include(include)
     await _get(session, thread_id, run_id)
     rows, has_more = await RunRepository(session).page_steps(run_id, params)
-    return envelope([step_object(r) for r in rows], has_more)
+    return envelope([step_object(r, include) for r in rows], has_more)
 
 
 async def retrieve_step(
@@ -429,4 +432,4 @@ async def retrieve_step(
     )
     if step is None:
         raise not_found("run step", step_id)
-    return step_object(step)
+    return step_object(step, include)

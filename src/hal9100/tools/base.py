@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hal9100.db.engine import SessionMaker
     from hal9100.db.models import Run
     from hal9100.storage.base import ObjectStorage
+    from hal9100.vector_stores.search import VectorSearch
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,10 @@ class ToolContext:
     # Unix time by which the run must be done (its expiry), or None.
     deadline: float | None
     progress: Progress = field(default=_no_progress)
+    # The call being made (the file_search tool numbers its citation markers by it).
+    call_id: str | None = None
+    # The vector stores' search, where the deployment has one.
+    vector_search: VectorSearch | None = None
 
 
 @dataclass(slots=True)

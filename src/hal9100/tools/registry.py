@@ -1,9 +1,9 @@
 """The tools of a run, sorted into what the model is offered and who runs each function.
 
 Function tools are the client's (the run stops at `requires_action` for them); every other
-tool type with an entry in `SERVER_TOOLS` is run by the server. `file_search` and
-`code_interpreter` get their entries with their own issues; until then they are stored and
-returned but offered to the model as nothing, as before.
+tool type with an entry in `SERVER_TOOLS` is run by the server: `action` (tools/action/) and
+`file_search` (tools/file_search.py). `code_interpreter` gets its entry with its own issue;
+until then it is stored and returned but offered to the model as nothing.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from hal9100.llm.base import FunctionTool
 from hal9100.tools.action import ActionTool
 from hal9100.tools.action.spec import parse_in_thread
 from hal9100.tools.base import ServerTool
+from hal9100.tools.file_search import FileSearchTool
 
 SERVER_TOOLS: dict[str, Callable[[dict[str, Any], Settings], ServerTool]] = {
     "action": ActionTool.from_definition,
+    "file_search": FileSearchTool.from_definition,
 }
 
 
@@ -70,10 +72,10 @@ def toolset(definitions: list[dict[str, Any]], settings: Settings) -> Toolset:
 
 
 async def build_toolset(definitions: list[dict[str, Any]], settings: Settings) -> Toolset:
-    """`toolset`, built in the spec parsers' threads when a server-side tool is among the
+    """`toolset`, built in the spec parsers' threads when an action tool is among the
     definitions: an action spec this process has not parsed yet takes seconds, which on the
     event loop would stall every run of the worker (their lease renewals too). Runs without
     one, the common case on the hot path, are built in place."""
-    if any(d.get("type") in SERVER_TOOLS for d in definitions):
+    if any(d.get("type") == "action" for d in definitions):
         return await parse_in_thread(toolset, definitions, settings)
     return toolset(definitions, settings)
