@@ -30,6 +30,7 @@ from deployments import (
     start_production,
 )
 from openapi_contract import make_validating_http_client, spec_available
+from pgvector import pgvector_admin_url
 from scripted_llm import ScriptedLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,17 +74,23 @@ def deploy(
     request: pytest.FixtureRequest,
 ) -> Iterator[DeployFactory]:
     """Start (once per session and configuration) a deployment in the current mode, with
-    extra environment on top of the defaults: `deploy(HAL9100_RUN_EXPIRY_SECONDS="2")`."""
+    extra environment on top of the defaults: `deploy(HAL9100_RUN_EXPIRY_SECONDS="2")`;
+    `deploy(pgvector=True)`: in production mode, on a PostgreSQL with pgvector."""
     started: dict[tuple[tuple[str, str], ...], Deployment] = {}
 
-    def start(**extra: str) -> Deployment:
-        key = tuple(sorted(extra.items()))
+    def start(pgvector: bool = False, **extra: str) -> Deployment:
+        key = (*sorted(extra.items()), ("pgvector", str(pgvector)))
         if key not in started:
             env = {**server_env(scripted_llm), **extra}
             data_dir = tmp_path_factory.mktemp(f"{mode}-deployment")
             if mode == "production":
                 moto_server: MotoServer = request.getfixturevalue("moto")
-                started[key] = start_production(env, data_dir, moto=moto_server)
+                # Debian's PostgreSQL has no pgvector: `pgvector=True` puts the deployment on
+                # pgserver's PostgreSQL 16 with it (tests/pgvector.py).
+                admin = pgvector_admin_url() if pgvector else None
+                started[key] = start_production(
+                    env, data_dir, moto=moto_server, admin_url=admin
+                )
             else:
                 started[key] = start_embedded(env, data_dir)
         return started[key]

@@ -284,10 +284,11 @@ def start_production(
     moto: MotoServer,
     api_processes: int = 2,
     worker_processes: int = 2,
+    admin_url: str | None = None,
 ) -> Deployment:
     require_production()
     name = f"hal9100_test_{uuid.uuid4().hex[:12]}"
-    admin = PG_ADMIN_URL
+    admin = admin_url or PG_ADMIN_URL
     _psql(admin, f'CREATE DATABASE "{name}"')
     database_url = admin.rsplit("/", 1)[0] + f"/{name}"
     full_env = {

@@ -350,3 +350,42 @@ def test_unknown_objects_are_404(client: openai.OpenAI, library: dict[str, str])
         client.vector_stores.file_batches.retrieve("vsfb_nope", vector_store_id=library["store"])
     with pytest.raises(openai.NotFoundError):
         client.vector_stores.files.list("vs_nope")
+
+
+def test_production_on_pgvector(mode: str, deploy) -> None:  # type: ignore[no-untyped-def]
+    """The same store on a PostgreSQL with pgvector (the layout production images have), where
+    dense search runs in the database instead of in the server processes."""
+    if mode != "production":
+        pytest.skip("PostgreSQL is production mode's")
+    from conftest import make_client
+
+    deployment = deploy(pgvector=True)
+    client = make_client(deployment.urls)
+    ids = {name: upload(client, name, text) for name, text in DOCS.items()}
+    store = client.vector_stores.create(name="pgvector", file_ids=list(ids.values()))
+    done = wait_store(client, store.id)
+    assert done.status == "completed" and done.file_counts.completed == 3, done
+    page = client.vector_stores.search(store.id, query="molten rock erupting mountain")
+    assert page.data[0].file_id == ids["volcano.md"]
+    page = client.vector_stores.search(store.id, query="What did Curie win?")
+    assert page.data[0].file_id == ids["curie.txt"]
+    for query in HOSTILE:
+        client.vector_stores.search(store.id, query=query)
+    client.close()
+    import asyncio
+
+    import asyncpg
+
+    async def layout() -> str:
+        url = deployment.env["DATABASE_URL"].replace("postgres://", "postgresql://")
+        connection = await asyncpg.connect(url)
+        try:
+            kind = await connection.fetchval(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'chunk_index_windows'::regclass AND attname = 'embedding'"
+            )
+        finally:
+            await connection.close()
+        return str(kind)
+
+    assert asyncio.run(layout()).startswith("vector")
