@@ -389,3 +389,99 @@ def test_production_on_pgvector(mode: str, deploy) -> None:  # type: ignore[no-u
         return str(kind)
 
     assert asyncio.run(layout()).startswith("vector")
+
+
+def _office_docs(word: str) -> dict[str, bytes]:
+    import docx
+    import pptx
+    from pptx.util import Inches
+
+    from test_ingestion_units import make_pdf
+
+    document = docx.Document()
+    document.add_paragraph(f"The docx mentions {word}docxq in a paragraph.")
+    docx_bytes = io.BytesIO()
+    document.save(docx_bytes)
+    deck = pptx.Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[6])
+    box = slide.shapes.add_textbox(Inches(1), Inches(1), Inches(4), Inches(1))
+    box.text_frame.text = f"The slide mentions {word}pptxq"
+    pptx_bytes = io.BytesIO()
+    deck.save(pptx_bytes)
+    return {
+        "doc.docx": docx_bytes.getvalue(),
+        "deck.pptx": pptx_bytes.getvalue(),
+        "paper.pdf": make_pdf(["A first page.", f"The second page mentions {word}pdfq."]),
+    }
+
+
+TEXT_TYPES = ["txt", "md", "json", "html", "css", "tex", "sh", "c", "cpp", "cs", "go", "java"]
+TEXT_TYPES += ["js", "ts", "php", "py", "rb"]
+
+
+def test_every_listed_type_is_ingested_and_found(client: openai.OpenAI) -> None:
+    word = "zqx" + str(time.monotonic_ns())[-6:]
+    files = {f"file.{ext}": f"// {word}{ext}q lives here\n".encode() for ext in TEXT_TYPES}
+    files.update(_office_docs(word))
+    store = client.vector_stores.create(name="every type")
+    batch = client.vector_stores.file_batches.upload_and_poll(
+        store.id, files=[(name, io.BytesIO(data)) for name, data in files.items()]
+    )
+    assert batch.file_counts.completed == len(files), list(
+        client.vector_stores.files.list(store.id, filter="failed")
+    )
+    names = {
+        f.id: client.files.retrieve(f.id).filename
+        for f in client.vector_stores.files.list(store.id)
+    }
+    for name in files:
+        suffix = name.rsplit(".", 1)[1]
+        # `q` ends each word: a stemmer takes `cs` for the plural of `c`.
+        page = client.vector_stores.search(store.id, query=f"{word}{suffix}q")
+        assert page.data, name
+        assert names[page.data[0].file_id] == name, (name, page.data[0])
+
+
+def _set_expired(deployment, store_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Time passing: the store was last used long ago (no API moves a clock)."""
+    import asyncio
+    import sqlite3
+
+    past = int(time.time()) - 30 * 86_400
+    statement = "UPDATE vector_stores SET last_active_at = {0}, expires_at = {1} WHERE id = '{2}'"
+    sql = statement.format(past, past + 86_400, store_id)
+    if deployment.mode == "embedded":
+        connection = sqlite3.connect(deployment.api[0].data_dir / "hal9100.sqlite3", timeout=30)
+        with connection:
+            connection.execute(sql)
+        connection.close()
+        return
+    import asyncpg
+
+    async def run() -> None:
+        url = deployment.env["DATABASE_URL"].replace("postgres://", "postgresql://")
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+def test_expired_store(client: openai.OpenAI, server, library: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    file_id = library["curie.txt"]
+    store = client.vector_stores.create(
+        name="short-lived",
+        file_ids=[file_id],
+        expires_after={"anchor": "last_active_at", "days": 1},
+    )
+    assert wait_store(client, store.id).status == "completed"
+    _set_expired(server, store.id)
+    expired = client.vector_stores.retrieve(store.id)
+    assert expired.status == "expired"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.vector_stores.search(store.id, query="Curie")
+    assert "expired" in str(caught.value)
+    listed = {s.id: s.status for s in client.vector_stores.list(limit=100)}
+    assert listed[store.id] == "expired"

@@ -251,7 +251,8 @@ class VectorStore(Base):
 
 class VectorStoreFile(Base):
     """A file in a vector store, and the state of its ingestion. Its public id is the file's
-    id: a file is in a store at most once."""
+    id: a file is in a store at most once. `status` is OpenAI's, or `deleted` for a file
+    taken out of the store (the API never shows those rows)."""
 
     __tablename__ = "vector_store_files"
     __table_args__ = (
@@ -276,7 +277,12 @@ class VectorStoreFile(Base):
     # --- ingestion state, not part of the API object (the same lease as a run's) ---
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    # Bumped by every claim and never reset, for the row's whole life (a file taken out of
+    # the store keeps its row, status `deleted`, so that putting it back goes on counting):
+    # the chunk index fences writes on it, which needs a number no earlier attempt had.
     epoch: Mapped[int] = mapped_column(Integer, default=0)
+    # Claims since the file was last put in the store: past a bound, it fails.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class VectorStoreFileBatch(Base):

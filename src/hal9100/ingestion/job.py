@@ -119,30 +119,36 @@ class Ingestor:
             await self._release(attempt)
             return
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            # Cancelled from outside (the queue closing) too: neither task outlives this one.
+            for task in (work, keeper):
+                task.cancel()
+            for task in (work, keeper):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self._finish(attempt, "completed", None, **outcome)
 
     async def _claim(self, store_id: str, file_id: str) -> _Attempt | None:
         stamp = time.time()
         row = _row(store_id, file_id)
         async with self.sessions() as session:
-            epoch = await session.scalar(
+            result = await session.execute(
                 update(VectorStoreFile)
                 .where(row, VectorStoreFile.status == "in_progress", _claimable(stamp))
                 .values(
                     lease_owner=self.worker_id,
                     lease_expires_at=stamp + self.settings.lease_seconds,
                     epoch=VectorStoreFile.epoch + 1,
+                    attempts=VectorStoreFile.attempts + 1,
                 )
-                .returning(VectorStoreFile.epoch)
+                .returning(VectorStoreFile.epoch, VectorStoreFile.attempts)
             )
+            claimed = result.first()
             await session.commit()
-        if epoch is None:
+        if claimed is None:
             return None
+        epoch, attempts = claimed
         attempt = _Attempt(store_id, file_id, int(epoch))
-        if attempt.epoch > MAX_ATTEMPTS:
+        if attempts > MAX_ATTEMPTS:
             await self._finish(
                 attempt,
                 "failed",
@@ -156,19 +162,29 @@ class Ingestor:
         return attempt
 
     async def _keep(self, attempt: _Attempt, lost: asyncio.Future[None]) -> None:
+        """Renew the lease; resolve `lost` when it is lost, or could not be renewed before
+        it ran out (a database that stays down): the work must stop either way."""
+        expires = time.monotonic() + self.settings.lease_seconds
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
-            async with self.sessions() as session:
-                result = await session.execute(
-                    update(VectorStoreFile)
-                    .where(self._mine(attempt))
-                    .values(lease_expires_at=time.time() + self.settings.lease_seconds)
-                )
-                await session.commit()
-            if not getattr(result, "rowcount", 0):
+            try:
+                async with self.sessions() as session:
+                    result = await session.execute(
+                        update(VectorStoreFile)
+                        .where(self._mine(attempt))
+                        .values(lease_expires_at=time.time() + self.settings.lease_seconds)
+                    )
+                    await session.commit()
+            except Exception as exc:
+                log.warning("ingestion lease renewal failed: %s", exc)
+                if time.monotonic() < expires:
+                    continue
+                result = None
+            if result is None or not getattr(result, "rowcount", 0):
                 if not lost.done():
                     lost.set_result(None)
                 return
+            expires = time.monotonic() + self.settings.lease_seconds
 
     def _mine(self, attempt: _Attempt) -> ColumnElement[bool]:
         return (
@@ -331,15 +347,13 @@ class Ingestor:
             await self._dropped(attempt)
 
     async def _dropped(self, attempt: _Attempt) -> None:
+        """Drop what this attempt wrote, unless a later attempt has begun (it owns the
+        file's chunks now, whatever its status: it may have completed already)."""
         async with self.sessions() as session:
             current = await session.scalar(
-                select(VectorStoreFile.epoch).where(
-                    _row(attempt.store_id, attempt.file_id),
-                    VectorStoreFile.status == "in_progress",
-                )
+                select(VectorStoreFile.epoch).where(_row(attempt.store_id, attempt.file_id))
             )
             await session.commit()
-        # A later attempt owns the chunks now: leave them.
         if current is None or current == attempt.epoch:
             await self.index.drop_file(attempt.store_id, attempt.file_id)
 

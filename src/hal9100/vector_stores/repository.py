@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, func, select, update
 
 from hal9100.core.errors import not_found
 from hal9100.core.pagination import ListParams, paginate
@@ -20,6 +20,9 @@ from hal9100.db.models import (
 from hal9100.vector_stores.schemas import FileCounts
 
 STATUSES = ("in_progress", "completed", "failed", "cancelled")
+# A file taken out of a store: its row stays (its ingestion epoch must keep growing if the
+# file is put back), hidden from the API.
+DELETED = "deleted"
 
 
 class VectorStoreRepository(Repository[VectorStore]):
@@ -38,7 +41,10 @@ class VectorStoreRepository(Repository[VectorStore]):
                 func.count(),
                 func.coalesce(func.sum(VectorStoreFile.usage_bytes), 0),
             )
-            .where(VectorStoreFile.vector_store_id.in_(list(store_ids)))
+            .where(
+                VectorStoreFile.vector_store_id.in_(list(store_ids)),
+                VectorStoreFile.status != DELETED,
+            )
             .group_by(VectorStoreFile.vector_store_id, VectorStoreFile.status)
         )
         for store_id, status, count, used in rows:
@@ -75,7 +81,20 @@ class StoreFileRepository:
         self.store_id = store_id
 
     def scoped(self) -> Select[Any]:
-        return select(VectorStoreFile).where(VectorStoreFile.vector_store_id == self.store_id)
+        return select(VectorStoreFile).where(
+            VectorStoreFile.vector_store_id == self.store_id, VectorStoreFile.status != DELETED
+        )
+
+    async def get_with_deleted(self, file_id: str) -> VectorStoreFile | None:
+        found: VectorStoreFile | None = (
+            await self.session.scalars(
+                select(VectorStoreFile).where(
+                    VectorStoreFile.vector_store_id == self.store_id,
+                    VectorStoreFile.id == file_id,
+                )
+            )
+        ).first()
+        return found
 
     async def get(self, file_id: str) -> VectorStoreFile | None:
         found: VectorStoreFile | None = (
@@ -107,8 +126,16 @@ class StoreFileRepository:
 
     async def delete(self, file_id: str) -> None:
         await self.session.execute(
-            delete(VectorStoreFile).where(
-                VectorStoreFile.vector_store_id == self.store_id, VectorStoreFile.id == file_id
+            update(VectorStoreFile)
+            .where(VectorStoreFile.vector_store_id == self.store_id, VectorStoreFile.id == file_id)
+            .values(
+                status=DELETED,
+                batch_id=None,
+                attributes=None,
+                usage_bytes=0,
+                last_error=None,
+                lease_owner=None,
+                lease_expires_at=None,
             )
         )
 

@@ -98,7 +98,7 @@ class VectorSearch:
                 )
             )
             stores = [s for s in stores if s.expires_at is None or s.expires_at > stamp]
-            files: dict[str, tuple[str, dict[str, Any]]] = {}
+            files: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
             allowed: dict[str, list[str]] = {}
             for store in stores:
                 kept = []
@@ -107,19 +107,23 @@ class VectorSearch:
                 ).searchable():
                     if filters is None or matches(filters, attributes):
                         kept.append(file_id)
-                        files[file_id] = (filename, attributes or {})
+                        files[store.id, file_id] = (filename, attributes or {})
                 allowed[store.id] = kept
-            await VectorStoreRepository(session).touch([s.id for s in stores], stamp)
+            repo = VectorStoreRepository(session)
+            # A store's use moves its expiry on; once a minute is enough, and keeps searches
+            # from queueing on a write each.
+            await repo.touch([s.id for s in stores if stamp - s.last_active_at >= 60], stamp)
             await session.commit()
 
-        # Stores are searched together when their vectors compare with the query's: those
-        # built with this process's embedding model (or with no vectors yet), and the others
-        # by keywords only.
+        # Each store is searched on its own: a file may be in two stores with other
+        # attributes, or completed in one and still being ingested in the other. The query
+        # is embedded once, for the stores whose vectors compare with it: those built with
+        # this process's embedding model (or with no vectors yet); the others are searched by
+        # keywords only.
         model = self.embedder.name if self.embedder is not None else None
-        dense = [s.id for s in stores if model and s.embedding_model in (None, model)]
-        sparse = [s.id for s in stores if s.id not in dense]
+        dense = {s.id for s in stores if model and s.embedding_model in (None, model)}
         for store in stores:
-            if store.id in sparse and store.embedding_model and model:
+            if store.id not in dense and store.embedding_model and model:
                 log.warning(
                     "vector store %s was embedded with %s, not %s: searching it by keywords",
                     store.id,
@@ -129,16 +133,16 @@ class VectorSearch:
         best: dict[tuple[str, str, int], Hit] = {}
         for text in queries:
             vector = await self._embed(text) if dense else None
-            for group, group_vector in ((dense, vector), (sparse, None)):
-                if not group:
+            for store in stores:
+                if not allowed[store.id]:
                     continue
                 hits = await self.index.search(
                     Query(
-                        vector_store_ids=group,
+                        vector_store_ids=[store.id],
                         text=text,
-                        vector=group_vector,
+                        vector=vector if store.id in dense else None,
                         limit=max_num_results,
-                        file_ids=[f for s in group for f in allowed.get(s, [])],
+                        file_ids=allowed[store.id],
                         embedding_weight=float(hybrid.get("embedding_weight", 1.0)),
                         text_weight=float(hybrid.get("text_weight", 1.0)),
                         score_threshold=float(options.get("score_threshold", 0.0)),
@@ -149,19 +153,28 @@ class VectorSearch:
                     key = (hit.vector_store_id, hit.file_id, hit.index)
                     if key not in best or best[key].score < hit.score:
                         best[key] = hit
-        ranked = sorted(best.values(), key=lambda h: h.score, reverse=True)[:max_num_results]
-        return [
-            SearchResult(
-                vector_store_id=hit.vector_store_id,
-                file_id=hit.file_id,
-                filename=files[hit.file_id][0],
-                score=hit.score,
-                text=hit.text,
-                attributes=files[hit.file_id][1],
+        ranked = sorted(best.values(), key=lambda h: h.score, reverse=True)
+        results: list[SearchResult] = []
+        seen: set[tuple[str, str]] = set()
+        for hit in ranked:
+            described = files.get((hit.vector_store_id, hit.file_id))
+            # The same chunk of one file in two stores is one result.
+            if described is None or (hit.file_id, hit.text) in seen:
+                continue
+            seen.add((hit.file_id, hit.text))
+            results.append(
+                SearchResult(
+                    vector_store_id=hit.vector_store_id,
+                    file_id=hit.file_id,
+                    filename=described[0],
+                    score=hit.score,
+                    text=hit.text,
+                    attributes=described[1],
+                )
             )
-            for hit in ranked
-            if hit.file_id in files
-        ]
+            if len(results) == max_num_results:
+                break
+        return results
 
     async def _embed(self, text: str) -> list[float] | None:
         if self.embedder is None or not text.strip():

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import select
 
 from hal9100.core import ids
@@ -21,6 +22,7 @@ from hal9100.ingestion.parsers import InvalidFile, UnsupportedFile, iter_pages
 from hal9100.queue.base import INGEST_FILE, ingest_key
 from hal9100.runtime import Runtime
 from hal9100.vector_stores.repository import (
+    DELETED,
     BatchRepository,
     StoreFileRepository,
     VectorStoreRepository,
@@ -119,23 +121,51 @@ async def attach(
     batch_id: str | None = None,
 ) -> tuple[VectorStoreFile, bool]:
     """Put a file in a store (not committed). A file already there is ingested again with
-    the new settings, unless it is being ingested now (then only its batch changes).
-    Returns the row and whether it needs a task."""
+    the new settings; one being ingested now takes the new attributes, and starts over only
+    if its chunking changes. Returns the row and whether it needs a task."""
+    return await _attach(
+        session,
+        store_id,
+        file_id,
+        strategy,
+        attributes,
+        batch_id,
+        time.time() + runtime.settings.lease_seconds,
+    )
+
+
+async def _attach(
+    session: Any,
+    store_id: str,
+    file_id: str,
+    strategy: ChunkingStrategy | None,
+    attributes: dict[str, Any] | None,
+    batch_id: str | None,
+    dispatch: float,
+) -> tuple[VectorStoreFile, bool]:
     repo = StoreFileRepository(session, store_id)
-    row = await repo.get(file_id)
-    dispatch = time.time() + runtime.settings.lease_seconds
+    row = await repo.get_with_deleted(file_id)
+    chunking = chunking_json(strategy)
     if row is not None and row.status == "in_progress":
         if batch_id is not None:
             row.batch_id = batch_id
-        return row, False
+        row.attributes = attributes
+        if row.chunking_strategy == chunking:
+            return row, False
+        # Other chunk sizes: the attempt under way is fenced off (its epoch is no longer the
+        # row's) and the file starts over.
+        row.epoch += 1
     if row is None:
         row = VectorStoreFile(id=file_id, vector_store_id=store_id, epoch=0)
         session.add(row)
-    row.created_at = now()
+    # A file put back after it was taken out counts as new (OpenAI's `created_at`).
+    if row.status in ("deleted", None) or row.created_at is None:
+        row.created_at = now()
+    row.attempts = 0
     row.status = "in_progress"
     row.last_error = None
     row.usage_bytes = 0
-    row.chunking_strategy = chunking_json(strategy)
+    row.chunking_strategy = chunking
     row.attributes = attributes
     row.batch_id = batch_id
     # A dispatch deadline, as a queued run has: past it, the sweeper queues the file again.
@@ -281,8 +311,12 @@ async def file_content(
     if source is None:
         return FileContentPage(data=[])
     data = bytearray()
-    async for piece in runtime.storage.get(source.storage_key):
-        data.extend(piece)
+    try:
+        async for piece in runtime.storage.get(source.storage_key):
+            data.extend(piece)
+    except KeyError:
+        # Deleted meanwhile: nothing to show, as for a file that is gone.
+        return FileContentPage(data=[])
 
     def parse() -> list[str]:
         pages, total = [], 0
@@ -310,10 +344,8 @@ async def create_batch(
     if (body.file_ids is None) == (body.files is None):
         raise bad_request("Exactly one of 'file_ids' or 'files' must be given.", "file_ids")
     if body.files is not None:
-        if body.chunking_strategy is not None or body.attributes is not None:
-            raise bad_request(
-                "With 'files', give 'attributes' and 'chunking_strategy' per file.", "files"
-            )
+        # OpenAI's reference: with `files`, the batch-wide `attributes` and
+        # `chunking_strategy` "will be ignored" (each file carries its own).
         items = [(f.file_id, f.chunking_strategy, f.attributes) for f in body.files]
         await check_file_ids(session, [f.file_id for f in body.files], "files")
     else:
@@ -401,3 +433,141 @@ async def search(
             for r in results
         ],
     )
+
+
+# --- stores made by other objects (tool_resources helpers, attachments, v1 file_ids) ---
+
+# What a session's writes leave to do once committed: files to queue for ingestion, and
+# chunks to drop ((store, file), or (store, None) for a whole store). Kept in the session's
+# `info`, so the services that build rows need not carry it back to the one that commits.
+_TO_QUEUE = "hal9100.vector_stores.to_queue"
+_TO_DROP = "hal9100.vector_stores.to_drop"
+
+# OpenAI's expiry for the stores a thread's helpers and message attachments create.
+THREAD_STORE_EXPIRY: dict[str, Any] = {"anchor": "last_active_at", "days": 7}
+
+_STRATEGY: TypeAdapter[ChunkingStrategy] = TypeAdapter(ChunkingStrategy)
+
+
+def _later(session: Any, key: str) -> list[tuple[str, str | None]]:
+    found: list[tuple[str, str | None]] = session.info.setdefault(key, [])
+    return found
+
+
+def _deadline(runtime: Runtime | None) -> float:
+    # Without the runtime (a caller that does not pass it), the dispatch deadline is now: the
+    # ingestion sweeper queues the file on its next pass instead of `commit`.
+    return time.time() + (runtime.settings.lease_seconds if runtime is not None else 0.0)
+
+
+async def add_store(
+    session: Any,
+    runtime: Runtime | None,
+    file_ids: Sequence[str],
+    *,
+    param: str,
+    chunking_strategy: Any = None,
+    metadata: dict[str, str] | None = None,
+    expires_after: dict[str, Any] | None = None,
+    owner_id: str | None = None,
+) -> VectorStore:
+    """Add (uncommitted) a store holding `file_ids`, checked with errors naming
+    `param[index]`; `chunking_strategy` is a request model or JSON of one. `commit` queues
+    the files' ingestion."""
+    await check_file_ids(session, list(file_ids), param)
+    stamp = now()
+    row = VectorStore(
+        id=ids.vector_store_id(),
+        created_at=stamp,
+        name=None,
+        expires_after=expires_after,
+        expires_at=expiry(expires_after, stamp),
+        last_active_at=stamp,
+        metadata_=metadata or {},
+        owner_id=owner_id,
+    )
+    session.add(row)
+    # The store exists before its files point at it (PostgreSQL checks the foreign key).
+    await session.flush()
+    await add_files(session, runtime, row.id, file_ids, chunking_strategy)
+    return row
+
+
+async def add_files(
+    session: Any,
+    runtime: Runtime | None,
+    store_id: str,
+    file_ids: Sequence[str],
+    chunking_strategy: Any = None,
+) -> None:
+    """Put files (already checked) in a store, uncommitted; `commit` queues them."""
+    strategy = (
+        _STRATEGY.validate_python(dump_json(chunking_strategy)) if chunking_strategy else None
+    )
+    deadline = _deadline(runtime)
+    queue = _later(session, _TO_QUEUE)
+    for file_id in dict.fromkeys(file_ids):
+        _, needed = await _attach(session, store_id, file_id, strategy, None, None, deadline)
+        if needed:
+            queue.append((store_id, file_id))
+
+
+async def remove_files(session: Any, store_id: str, file_ids: Sequence[str]) -> None:
+    """Take files out of a store, uncommitted; `commit` drops their chunks."""
+    repo = StoreFileRepository(session, store_id)
+    drop = _later(session, _TO_DROP)
+    for file_id in file_ids:
+        await repo.delete(file_id)
+        drop.append((store_id, file_id))
+
+
+async def file_ids_of(session: Any, store_id: str) -> list[str]:
+    """A store's files, oldest first."""
+    rows = await session.scalars(
+        select(VectorStoreFile.id)
+        .where(VectorStoreFile.vector_store_id == store_id, VectorStoreFile.status != DELETED)
+        .order_by(VectorStoreFile.created_at, VectorStoreFile.seq)
+    )
+    return list(rows)
+
+
+async def owned_store(session: Any, owner_id: str) -> VectorStore | None:
+    """The store an object's v1 `file_ids` became."""
+    found: VectorStore | None = (
+        await session.scalars(
+            select(VectorStore).where(VectorStore.owner_id == owner_id).order_by(VectorStore.seq)
+        )
+    ).first()
+    return found
+
+
+async def delete_owned(session: Any, owner_id: str) -> None:
+    """Delete (uncommitted) the stores an object owns; `commit` drops their chunks."""
+    repo = VectorStoreRepository(session)
+    drop = _later(session, _TO_DROP)
+    for store_id in list(
+        await session.scalars(select(VectorStore.id).where(VectorStore.owner_id == owner_id))
+    ):
+        await repo.delete_by_id(store_id)
+        drop.append((store_id, None))
+
+
+async def commit(session: Any, runtime: Runtime) -> None:
+    """Commit, then do what the session's store writes left: queue the files to ingest and
+    drop the chunks of what was removed (after the rows, as `delete` does)."""
+    await session.commit()
+    queued = session.info.pop(_TO_QUEUE, [])
+    dropped = session.info.pop(_TO_DROP, [])
+    for store_id, file_id in dropped:
+        if file_id is None:
+            await runtime.index.drop_store(store_id)
+        else:
+            await runtime.index.drop_file(store_id, file_id)
+    for store_id, file_id in queued:
+        await runtime.queue.enqueue(INGEST_FILE, ingest_key(store_id, file_id))
+
+
+def forget_pending(session: Any) -> None:
+    """Drop the work of writes that were rolled back."""
+    session.info.pop(_TO_QUEUE, None)
+    session.info.pop(_TO_DROP, None)
