@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from hal9100.core.beta import v1_only
 from hal9100.core.schemas import (
     Metadata,
     ObjectModel,
@@ -29,6 +30,10 @@ class AssistantCreate(RequestModel):
     temperature: Temperature | None = None
     top_p: TopP | None = None
     response_format: ResponseFormat | None = None
+    # v1 only (`OpenAI-Beta: assistants=v1`): the files of the store the assistant owns.
+    file_ids: list[str] | None = Field(default=None, max_length=10_000)
+
+    _v1_only = field_validator("file_ids")(v1_only)
 
 
 class AssistantUpdate(RequestModel):
@@ -43,6 +48,10 @@ class AssistantUpdate(RequestModel):
     temperature: Temperature | None = None
     top_p: TopP | None = None
     response_format: ResponseFormat | None = None
+    # v1 only (`OpenAI-Beta: assistants=v1`): the files of the store the assistant owns.
+    file_ids: list[str] | None = Field(default=None, max_length=10_000)
+
+    _v1_only = field_validator("file_ids")(v1_only)
 
 
 class AssistantObject(ObjectModel):

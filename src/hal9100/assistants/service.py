@@ -1,19 +1,28 @@
-"""Assistants: stored configurations of model, instructions and tools."""
+"""Assistants: stored configurations of model, instructions and tools.
+
+An assistant created or modified with v1's `file_ids` (`OpenAI-Beta: assistants=v1`) owns
+a vector store holding those files, named in its `tool_resources`; v1 answers show that
+store's files as the assistant's `file_ids`, and deleting the assistant deletes the store."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.assistants.repository import AssistantRepository
 from hal9100.assistants.schemas import AssistantCreate, AssistantObject, AssistantUpdate
-from hal9100.core import ids
+from hal9100.core import beta, ids
 from hal9100.core.clock import now
+from hal9100.core.errors import bad_request
 from hal9100.core.pagination import ListParams, envelope
-from hal9100.core.resources import check_tool_resources
+from hal9100.core.resources import check_file_ids, check_tool_resources, with_search_store
 from hal9100.core.schemas import DeletedObject, ListResponse, dump_json
 from hal9100.db.models import Assistant
+from hal9100.runtime import Runtime
 from hal9100.tools.action import redact_tools, restore_redacted
 from hal9100.tools.action.check import check_tools
+from hal9100.vector_stores import service as stores
 
 
 def to_object(row: Assistant) -> AssistantObject:
@@ -35,9 +44,46 @@ def to_object(row: Assistant) -> AssistantObject:
     )
 
 
-async def create(session: AsyncSession, body: AssistantCreate) -> AssistantObject:
+async def v1_object(session: AsyncSession, obj: AssistantObject) -> dict[str, Any]:
+    """The assistant in v1's shape: its owned store's files as `file_ids`."""
+    store = await stores.owned_store(session, obj.id)
+    file_ids = await stores.file_ids_of(session, store.id) if store is not None else []
+    await session.commit()
+    return beta.assistant_v1(obj, file_ids)
+
+
+def _refuse_two_stores(body: AssistantCreate | AssistantUpdate) -> None:
+    search = body.tool_resources.file_search if body.tool_resources is not None else None
+    if body.file_ids is not None and search is not None:
+        raise bad_request(
+            "Give either 'file_ids' or 'tool_resources.file_search': an assistant has at "
+            "most one vector store.",
+            "file_ids",
+        )
+
+
+async def _set_v1_files(
+    session: AsyncSession, runtime: Runtime, row: Assistant, file_ids: list[str]
+) -> None:
+    """Make the assistant's owned store hold exactly `file_ids` (uncommitted), creating it
+    (and naming it in tool_resources) if the assistant has none."""
+    await check_file_ids(session, file_ids, "file_ids")
+    store = await stores.owned_store(session, row.id)
+    if store is None:
+        store = await stores.add_store(
+            session, runtime, file_ids, param="file_ids", owner_id=row.id
+        )
+    else:
+        held = await stores.file_ids_of(session, store.id)
+        await stores.remove_files(session, store.id, [f for f in held if f not in file_ids])
+        await stores.add_files(session, runtime, store.id, [f for f in file_ids if f not in held])
+    row.tool_resources = with_search_store(row.tool_resources, store.id)
+
+
+async def create(session: AsyncSession, runtime: Runtime, body: AssistantCreate) -> AssistantObject:
     tools = dump_json(body.tools)
     await check_tools(tools)
+    _refuse_two_stores(body)
     row = Assistant(
         id=ids.assistant_id(),
         created_at=now(),
@@ -46,15 +92,19 @@ async def create(session: AsyncSession, body: AssistantCreate) -> AssistantObjec
         description=body.description,
         instructions=body.instructions,
         tools=restore_redacted(tools, []),
-        tool_resources=await check_tool_resources(session, body.tool_resources),
         metadata_=body.metadata or {},
         temperature=body.temperature,
         top_p=body.top_p,
         response_format=dump_json(body.response_format),
         reasoning_effort=body.reasoning_effort,
     )
+    row.tool_resources = await check_tool_resources(
+        session, body.tool_resources, runtime=runtime, owner_id=None
+    )
     AssistantRepository(session).add(row)
-    await session.commit()
+    if body.file_ids:
+        await _set_v1_files(session, runtime, row, body.file_ids)
+    await stores.commit(session, runtime)
     return to_object(row)
 
 
@@ -63,12 +113,13 @@ async def retrieve(session: AsyncSession, assistant_id: str) -> AssistantObject:
 
 
 async def update(
-    session: AsyncSession, assistant_id: str, body: AssistantUpdate
+    session: AsyncSession, runtime: Runtime, assistant_id: str, body: AssistantUpdate
 ) -> AssistantObject:
     given = body.model_fields_set
     tools = dump_json(body.tools or [])
     if "tools" in given:
         await check_tools(tools)
+    _refuse_two_stores(body)
     row = await AssistantRepository(session).get_or_404(assistant_id)
     if body.model is not None:
         row.model = body.model
@@ -78,7 +129,11 @@ async def update(
     if "tools" in given:
         row.tools = restore_redacted(tools, row.tools)
     if "tool_resources" in given:
-        row.tool_resources = await check_tool_resources(session, body.tool_resources)
+        row.tool_resources = await check_tool_resources(
+            session, body.tool_resources, runtime=runtime
+        )
+    if body.file_ids is not None:
+        await _set_v1_files(session, runtime, row, body.file_ids)
     if "metadata" in given:
         row.metadata_ = body.metadata or {}
     if "temperature" in given:
@@ -87,15 +142,16 @@ async def update(
         row.top_p = body.top_p
     if "response_format" in given:
         row.response_format = dump_json(body.response_format)
-    await session.commit()
+    await stores.commit(session, runtime)
     return to_object(row)
 
 
-async def delete(session: AsyncSession, assistant_id: str) -> DeletedObject:
+async def delete(session: AsyncSession, runtime: Runtime, assistant_id: str) -> DeletedObject:
     repo = AssistantRepository(session)
     await repo.get_or_404(assistant_id)
     await repo.delete_by_id(assistant_id)
-    await session.commit()
+    await stores.delete_owned(session, assistant_id)
+    await stores.commit(session, runtime)
     return DeletedObject(id=assistant_id, object="assistant.deleted")
 
 

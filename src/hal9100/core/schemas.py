@@ -13,7 +13,10 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    model_validator,
 )
+
+from hal9100.core.beta import v1_tools
 
 T = TypeVar("T")
 
@@ -189,6 +192,8 @@ Tools = Annotated[
     list[Tool],
     Field(max_length=128),
     BeforeValidator(_check_action_spec_total),
+    # Listed last, so run first (pydantic runs `before` validators from the outside in).
+    BeforeValidator(v1_tools),
 ]
 
 
@@ -206,9 +211,24 @@ class ChunkingStrategy(RequestModel):
     type: Literal["auto", "static"]
     static: ChunkingStrategyStatic | None = None
 
+    @model_validator(mode="after")
+    def _static_sizes(self) -> ChunkingStrategy:
+        # The vector store API's own rules (hal9100.vector_stores.schemas), which the store
+        # a helper creates is made under.
+        if self.type == "static":
+            if self.static is None:
+                raise ValueError("a 'static' chunking strategy needs 'static'")
+            if self.static.chunk_overlap_tokens > self.static.max_chunk_size_tokens // 2:
+                raise ValueError(
+                    "chunk_overlap_tokens must not exceed half of max_chunk_size_tokens"
+                )
+        elif self.static is not None:
+            raise ValueError("'static' is given only with the 'static' type")
+        return self
+
 
 class VectorStoreHelper(RequestModel):
-    file_ids: list[str] = Field(default_factory=list)
+    file_ids: list[str] = Field(default_factory=list, max_length=10_000)
     chunking_strategy: ChunkingStrategy | None = None
     metadata: Metadata = None
 

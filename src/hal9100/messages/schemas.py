@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
+from hal9100.core.beta import v1_only
 from hal9100.core.schemas import Metadata, ObjectModel, RequestModel, tagged_union
 
 Detail = Literal["auto", "low", "high"]
@@ -54,6 +55,20 @@ class MessageCreate(RequestModel):
     content: str | Annotated[list[ContentPart], Field(min_length=1)]
     attachments: list[Attachment] | None = None
     metadata: Metadata = None
+    # v1 only (`OpenAI-Beta: assistants=v1`): read as attachments for file_search.
+    file_ids: list[str] | None = Field(default=None, max_length=10_000)
+
+    _v1_only = field_validator("file_ids")(v1_only)
+
+    @model_validator(mode="after")
+    def _file_ids_as_attachments(self) -> MessageCreate:
+        if self.file_ids:
+            search = [AttachmentTool(type="file_search")]
+            self.attachments = [
+                *(self.attachments or []),
+                *(Attachment(file_id=f, tools=search) for f in dict.fromkeys(self.file_ids)),
+            ]
+        return self
 
 
 class MessageUpdate(RequestModel):

@@ -1,4 +1,7 @@
-"""Messages of a thread: what users write and what runs answer."""
+"""Messages of a thread: what users write and what runs answer.
+
+A message's attachments with the file_search tool (and v1's `file_ids`, read as such) go
+into its thread's vector store (`core.resources.add_to_thread_store`)."""
 
 from __future__ import annotations
 
@@ -10,13 +13,15 @@ from hal9100.core import ids
 from hal9100.core.clock import now
 from hal9100.core.errors import APIError, not_found
 from hal9100.core.pagination import ListParams, envelope
-from hal9100.core.resources import check_file_refs
+from hal9100.core.resources import add_to_thread_store, check_file_refs
 from hal9100.core.schemas import DeletedObject, ListResponse, dump_json
-from hal9100.db.models import Message
+from hal9100.db.models import Message, Thread
 from hal9100.messages.repository import MessageRepository
 from hal9100.messages.schemas import MessageCreate, MessageObject, MessageUpdate
 from hal9100.runs.repository import RunRepository
+from hal9100.runtime import Runtime
 from hal9100.threads.repository import ThreadRepository
+from hal9100.vector_stores import service as stores
 
 
 def to_object(row: Message) -> MessageObject:
@@ -53,9 +58,18 @@ def content_parts(body: MessageCreate) -> list[dict[str, Any]]:
 
 
 async def build_message(
-    session: AsyncSession, thread_id: str, body: MessageCreate, param: str = ""
+    session: AsyncSession,
+    thread_id: str,
+    body: MessageCreate,
+    param: str = "",
+    *,
+    runtime: Runtime | None = None,
+    thread: Thread | None = None,
 ) -> Message:
-    """Validate and build (not add) a message row; `param` prefixes error locations."""
+    """Validate and build (not add) a message row; `param` prefixes error locations. Files
+    it attaches for file_search are put in the thread's store (`thread`, else read by id);
+    `vector_stores.service.commit` with `runtime` queues them (without it, the ingestion
+    sweeper does, on its next pass)."""
     prefix = f"{param}." if param else ""
     parts = [] if isinstance(body.content, str) else body.content
     attachments = body.attachments or []
@@ -71,6 +85,13 @@ async def build_message(
             for index, attachment in enumerate(attachments)
         ],
     )
+    searched = [
+        a.file_id for a in attachments if any(tool.type == "file_search" for tool in a.tools)
+    ]
+    if searched:
+        if thread is None:
+            thread = await ThreadRepository(session).get_or_404(thread_id)
+        await add_to_thread_store(session, runtime, thread, searched)
     return Message(
         id=ids.message_id(),
         created_at=now(),
@@ -92,16 +113,18 @@ async def _ensure_no_active_run(session: AsyncSession, thread_id: str) -> None:
         )
 
 
-async def create(session: AsyncSession, thread_id: str, body: MessageCreate) -> MessageObject:
-    await ThreadRepository(session).get_or_404(thread_id)
-    row = await build_message(session, thread_id, body)
+async def create(
+    session: AsyncSession, runtime: Runtime, thread_id: str, body: MessageCreate
+) -> MessageObject:
+    thread = await ThreadRepository(session).get_or_404(thread_id)
+    row = await build_message(session, thread_id, body, runtime=runtime, thread=thread)
     MessageRepository(session).add(row)
     # Checked after the insert, in its transaction: on SQLite (which ignores the row lock the
     # check takes) that transaction holds the database's write lock by then, so a run that
     # another process adds is either seen here or added after this message.
     await session.flush()
     await _ensure_no_active_run(session, thread_id)
-    await session.commit()
+    await stores.commit(session, runtime)
     return to_object(row)
 
 

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
+from hal9100.core import beta
 from hal9100.core.deps import RuntimeDep, SessionDep
 from hal9100.core.pagination import ListParams, list_params
 from hal9100.core.schemas import ListResponse
@@ -20,7 +21,9 @@ from hal9100.runs.schemas import (
 )
 from hal9100.runs.streaming import event_stream
 
-router = APIRouter(tags=["runs"])
+# The Assistants version is read first: v1 bodies (`retrieval` tools, messages' `file_ids`)
+# are read by validators that depend on it.
+router = APIRouter(tags=["runs"], dependencies=[Depends(beta.read_version)])
 
 Include = Annotated[list[str], Query(alias="include[]")]
 

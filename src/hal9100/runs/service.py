@@ -48,6 +48,7 @@ from hal9100.tools import file_search
 from hal9100.tools.action import restore_redacted
 from hal9100.tools.action.check import check_tools, offered_functions
 from hal9100.tools.action.spec import all_parsed, function_names
+from hal9100.vector_stores import service as stores
 
 # A cancel re-reads the run and tries again this often when the run changes state under it.
 _CANCEL_ATTEMPTS = 5
@@ -203,11 +204,17 @@ async def create(
         run = _new_run(runtime, body, assistant, thread_id, include, tools, tool_choice)
         for index, message in enumerate(body.additional_messages or []):
             session.add(
-                await build_message(session, thread_id, message, f"additional_messages[{index}]")
+                await build_message(
+                    session,
+                    thread_id,
+                    message,
+                    f"additional_messages[{index}]",
+                    runtime=runtime,
+                )
             )
         session.add(run)
         try:
-            await session.commit()
+            await stores.commit(session, runtime)
             break
         except IntegrityError:
             # The checks above read before this transaction wrote: a request in another
@@ -215,6 +222,7 @@ async def create(
             # refuses ours) or deleted what ours refers to. Checking again answers it as
             # if it had come a moment later.
             await session.rollback()
+            stores.forget_pending(session)
             if attempt == _CREATE_ATTEMPTS:
                 raise
     queued = run_object(run)
@@ -239,10 +247,11 @@ async def create_thread_and_run(
     thread_body = body.thread or ThreadCreate()
     if body.tool_resources is not None and thread_body.tool_resources is None:
         thread_body = thread_body.model_copy(update={"tool_resources": body.tool_resources})
-    thread = await build_thread(session, thread_body)
+    thread = await build_thread(session, runtime, thread_body)
     run = _new_run(runtime, body, assistant, thread.id, [], tools, tool_choice)
     session.add(run)
-    await session.commit()
+    # Commits, and queues the ingestion of the stores made for the thread.
+    await stores.commit(session, runtime)
     queued = run_object(run)
     return await _dispatch(
         runtime,

@@ -1,4 +1,7 @@
-"""Threads: conversations that hold messages and runs."""
+"""Threads: conversations that hold messages and runs.
+
+The stores a thread's `vector_stores` helper and its messages' attachments create expire 7
+days after their last use, as OpenAI's."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from hal9100.messages.service import build_message
 from hal9100.runtime import Runtime
 from hal9100.threads.repository import ThreadRepository
 from hal9100.threads.schemas import ThreadCreate, ThreadObject, ThreadUpdate
+from hal9100.vector_stores import service as stores
 
 
 def to_object(row: Thread) -> ThreadObject:
@@ -27,18 +31,26 @@ def to_object(row: Thread) -> ThreadObject:
     )
 
 
-async def build_thread(session: AsyncSession, body: ThreadCreate) -> Thread:
+async def build_thread(session: AsyncSession, runtime: Runtime, body: ThreadCreate) -> Thread:
     """Validate and add a thread with its initial messages, without committing (create and
-    run adds its run in the same transaction)."""
+    run adds its run in the same transaction); commit with `vector_stores.service.commit`,
+    which queues the files of the stores made for it."""
     thread = Thread(
         id=ids.thread_id(),
         created_at=now(),
-        tool_resources=await check_tool_resources(session, body.tool_resources),
+        tool_resources=await check_tool_resources(
+            session,
+            body.tool_resources,
+            runtime=runtime,
+            expires_after=dict(stores.THREAD_STORE_EXPIRY),
+        ),
         metadata_=body.metadata or {},
     )
     session.add(thread)
     messages = [
-        await build_message(session, thread.id, message, f"messages[{index}]")
+        await build_message(
+            session, thread.id, message, f"messages[{index}]", runtime=runtime, thread=thread
+        )
         for index, message in enumerate(body.messages)
     ]
     # Flush the thread first: messages reference it.
@@ -47,9 +59,9 @@ async def build_thread(session: AsyncSession, body: ThreadCreate) -> Thread:
     return thread
 
 
-async def create(session: AsyncSession, body: ThreadCreate) -> ThreadObject:
-    thread = await build_thread(session, body)
-    await session.commit()
+async def create(session: AsyncSession, runtime: Runtime, body: ThreadCreate) -> ThreadObject:
+    thread = await build_thread(session, runtime, body)
+    await stores.commit(session, runtime)
     return to_object(thread)
 
 
@@ -57,13 +69,20 @@ async def retrieve(session: AsyncSession, thread_id: str) -> ThreadObject:
     return to_object(await ThreadRepository(session).get_or_404(thread_id))
 
 
-async def update(session: AsyncSession, thread_id: str, body: ThreadUpdate) -> ThreadObject:
+async def update(
+    session: AsyncSession, runtime: Runtime, thread_id: str, body: ThreadUpdate
+) -> ThreadObject:
     row = await ThreadRepository(session).get_or_404(thread_id)
     if "tool_resources" in body.model_fields_set:
-        row.tool_resources = await check_tool_resources(session, body.tool_resources)
+        row.tool_resources = await check_tool_resources(
+            session,
+            body.tool_resources,
+            runtime=runtime,
+            expires_after=dict(stores.THREAD_STORE_EXPIRY),
+        )
     if "metadata" in body.model_fields_set:
         row.metadata_ = body.metadata or {}
-    await session.commit()
+    await stores.commit(session, runtime)
     return to_object(row)
 
 

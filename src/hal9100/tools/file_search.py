@@ -12,18 +12,27 @@ their content; the API serves the content only when asked with `include[]`), plu
 ours, `hal9100`, holding what that shape has no room for: the call's arguments and turn, and
 the output when the search found nothing to list. The API strips it (`public_details`); the
 prompt of a later turn rebuilds the call's output from it (`replayed_output`).
+
+Files still being ingested: a message's attachments reach the thread's store as the run
+starts, so a search may come before they are ingested. As OpenAI's runs do, a search waits
+for the thread's stores (not the assistant's, which were ingested ahead by whoever made them)
+until none of their files is in progress, for at most `THREAD_STORE_WAIT` seconds counted from
+the run's creation (so one run waits once) and never past the run's deadline; then it
+searches what is ingested.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from hal9100.core.text import storable
-from hal9100.db.models import Assistant, RunStep, Thread
+from hal9100.db.models import Assistant, RunStep, Thread, VectorStoreFile
 from hal9100.tools.base import FunctionSpec, ToolContext, ToolOutput
 
 if TYPE_CHECKING:
@@ -40,6 +49,9 @@ PRIVATE = "hal9100"
 INCLUDE_CONTENT = "step_details.tool_calls[*].file_search.results[*].content"
 # A filename as a marker shows it: what would end or fake a marker goes, and it stays short.
 MARKER_NAME_CHARS = 80
+# OpenAI's fallback: a run waits up to 60 s for the thread's store to finish ingesting.
+THREAD_STORE_WAIT = 60.0
+_WAIT_POLL = 0.25
 _NOT_IN_MARKER = str.maketrans({c: " " for c in "【】[]†\r\n\t"})
 
 DESCRIPTION = (
@@ -192,6 +204,7 @@ class FileSearchTool:
             return self._output(
                 arguments, turn, queries, [], "Error: file search is not available on this server."
             )
+        await self._wait_for_thread_stores(ctx)
         found = await ctx.vector_search.search(
             store_ids,
             queries[0] if len(queries) == 1 else queries,
@@ -262,6 +275,35 @@ class FileSearchTool:
                 if _is_file_search(call):
                     count += 1
         return count
+
+    @staticmethod
+    async def _wait_for_thread_stores(ctx: ToolContext) -> None:
+        """Wait (bounded) until no file of the thread's stores is being ingested."""
+        until = ctx.run.created_at + THREAD_STORE_WAIT
+        if ctx.deadline is not None:
+            until = min(until, ctx.deadline)
+        while True:
+            async with ctx.sessions() as session:
+                resources = await session.scalar(
+                    select(Thread.tool_resources).where(Thread.id == ctx.run.thread_id)
+                )
+                search = (resources or {}).get("file_search") or {}
+                store_ids = [s for s in search.get("vector_store_ids") or [] if isinstance(s, str)]
+                pending = 0
+                if store_ids:
+                    pending = int(
+                        await session.scalar(
+                            select(func.count()).where(
+                                VectorStoreFile.vector_store_id.in_(store_ids),
+                                VectorStoreFile.status == "in_progress",
+                            )
+                        )
+                        or 0
+                    )
+                await session.commit()
+            if not pending or time.time() >= until:
+                return
+            await asyncio.sleep(_WAIT_POLL)
 
     @staticmethod
     async def _store_ids(ctx: ToolContext) -> list[str]:

@@ -1,0 +1,293 @@
+"""Code written for the first Assistants API (`OpenAI-Beta: assistants=v1`), in both modes,
+over plain HTTP: requests as openai-python 1.20 sent them (`retrieval` tools, `file_ids` on
+assistants and messages; that SDK cannot be installed beside the current one), answered in
+v1's shapes, mapped onto file_search and vector stores, and refused without the header as
+OpenAI's v2 refuses them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import DeployFactory, make_client
+from deployments import Deployment
+from runs_support import marker
+
+# What openai-python 1.20 put on every Assistants request.
+V1 = {"OpenAI-Beta": "assistants=v1", "Content-Type": "application/json"}
+V1_ASSISTANT_KEYS = {
+    "id",
+    "object",
+    "created_at",
+    "name",
+    "description",
+    "model",
+    "instructions",
+    "tools",
+    "file_ids",
+    "metadata",
+}
+V1_MESSAGE_KEYS = {
+    "id",
+    "object",
+    "created_at",
+    "thread_id",
+    "status",
+    "incomplete_details",
+    "completed_at",
+    "incomplete_at",
+    "role",
+    "content",
+    "assistant_id",
+    "run_id",
+    "file_ids",
+    "metadata",
+}
+
+
+@pytest.fixture(scope="module")
+def deployment(deploy: DeployFactory) -> Deployment:
+    return deploy(HAL9100_EMBEDDINGS="none")
+
+
+@pytest.fixture
+def sdk(deployment: Deployment) -> Iterator[openai.OpenAI]:
+    client = make_client(deployment.urls)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def v1(deployment: Deployment) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=deployment.url + "/v1", timeout=30, headers=V1) as client:
+        yield client
+
+
+def _ok(answer: httpx.Response) -> dict[str, Any]:
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def _upload(sdk: openai.OpenAI, text: str, name: str = "doc.txt") -> str:
+    return sdk.files.create(file=(name, text.encode(), "text/plain"), purpose="assistants").id
+
+
+def _ready(sdk: openai.OpenAI, store_id: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        store = sdk.vector_stores.retrieve(store_id)
+        if store.status != "in_progress":
+            return store
+        assert time.monotonic() < deadline, f"store {store_id} still in progress"
+        time.sleep(0.05)
+
+
+def _owned_store(sdk: openai.OpenAI, assistant_id: str) -> str:
+    resources = sdk.beta.assistants.retrieve(assistant_id).tool_resources
+    assert resources is not None and resources.file_search is not None
+    (store_id,) = resources.file_search.vector_store_ids or []
+    return str(store_id)
+
+
+def _files(sdk: openai.OpenAI, store_id: str) -> list[str]:
+    listed = sdk.vector_stores.files.list(vector_store_id=store_id, limit=100, order="asc")
+    return [f.id for f in listed.data]
+
+
+def test_v1_assistant_with_retrieval_and_file_ids(v1: httpx.Client, sdk: openai.OpenAI) -> None:
+    a, b, c = (_upload(sdk, f"file {i}") for i in range(3))
+    created = _ok(
+        v1.post(
+            "/assistants",
+            json={
+                "model": "gpt-4-turbo-preview",
+                "name": "Librarian",
+                "instructions": "Answer from the files.",
+                "tools": [{"type": "retrieval"}, {"type": "code_interpreter"}],
+                "file_ids": [a, b],
+            },
+        )
+    )
+    assert set(created) == V1_ASSISTANT_KEYS
+    assert created["tools"] == [{"type": "retrieval"}, {"type": "code_interpreter"}]
+    assert created["file_ids"] == [a, b]
+    assistant_id = created["id"]
+
+    # The v2 view: file_search and a store the assistant owns.
+    v2 = sdk.beta.assistants.retrieve(assistant_id)
+    assert [t.type for t in v2.tools] == ["file_search", "code_interpreter"]
+    store_id = _owned_store(sdk, assistant_id)
+    assert _files(sdk, store_id) == [a, b]
+    assert _ready(sdk, store_id).file_counts.completed == 2
+
+    # Modify: the new file added, the dropped one removed from the same store.
+    modified = _ok(v1.post(f"/assistants/{assistant_id}", json={"file_ids": [b, c]}))
+    assert modified["file_ids"] == [b, c]
+    assert _owned_store(sdk, assistant_id) == store_id
+    assert set(_files(sdk, store_id)) == {b, c}
+    assert _ok(v1.get(f"/assistants/{assistant_id}"))["file_ids"] == [b, c]
+    listed = _ok(v1.get("/assistants", params={"limit": 100}))
+    (mine,) = [item for item in listed["data"] if item["id"] == assistant_id]
+    assert set(mine) == V1_ASSISTANT_KEYS and mine["file_ids"] == [b, c]
+
+    # Deleting the assistant deletes the store it owns.
+    assert _ok(v1.delete(f"/assistants/{assistant_id}"))["deleted"] is True
+    with pytest.raises(openai.NotFoundError):
+        sdk.vector_stores.retrieve(store_id)
+
+
+def test_v1_file_ids_checked(v1: httpx.Client) -> None:
+    answer = v1.post("/assistants", json={"model": "m", "file_ids": ["file-nope"]})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "file_ids[0]"
+    both = v1.post(
+        "/assistants",
+        json={
+            "model": "m",
+            "file_ids": [],
+            "tool_resources": {"file_search": {"vector_store_ids": []}},
+        },
+    )
+    assert both.status_code == 400 and both.json()["error"]["param"] == "file_ids"
+
+
+def test_v2_requests_refuse_v1_vocabulary(deployment: Deployment, sdk: openai.OpenAI) -> None:
+    thread = sdk.beta.threads.create()
+    for header in ({}, {"OpenAI-Beta": "assistants=v2"}):
+        with httpx.Client(base_url=deployment.url + "/v1", timeout=30, headers=header) as v2:
+            for path, body in [
+                ("/assistants", {"model": "m", "file_ids": []}),
+                (
+                    f"/threads/{thread.id}/messages",
+                    {"role": "user", "content": "x", "file_ids": []},
+                ),
+                ("/threads", {"messages": [{"role": "user", "content": "x", "file_ids": []}]}),
+            ]:
+                answer = v2.post(path, json=body)
+                assert answer.status_code == 400, answer.text
+                error = answer.json()["error"]
+                assert error["message"].startswith("Unrecognized request argument supplied: ")
+                assert error["param"].endswith("file_ids")
+            retrieval = v2.post(
+                "/assistants", json={"model": "m", "tools": [{"type": "retrieval"}]}
+            )
+            assert retrieval.status_code == 400
+            assert retrieval.json()["error"]["param"] == "tools[0].type"
+            assert "'retrieval'" in retrieval.json()["error"]["message"]
+
+
+def test_v1_messages_with_file_ids(v1: httpx.Client, sdk: openai.OpenAI) -> None:
+    a, b = _upload(sdk, "alpha"), _upload(sdk, "beta")
+    thread = _ok(
+        v1.post("/threads", json={"messages": [{"role": "user", "content": "hi", "file_ids": [a]}]})
+    )
+    assert "tool_resources" not in thread
+    message = _ok(
+        v1.post(
+            f"/threads/{thread['id']}/messages",
+            json={"role": "user", "content": "more", "file_ids": [b]},
+        )
+    )
+    assert set(message) == V1_MESSAGE_KEYS and message["file_ids"] == [b]
+    listed = _ok(v1.get(f"/threads/{thread['id']}/messages", params={"order": "asc"}))
+    assert [m["file_ids"] for m in listed["data"]] == [[a], [b]]
+    assert all(set(m) == V1_MESSAGE_KEYS for m in listed["data"])
+    # The v2 view: attachments for file_search, in the thread's store.
+    v2 = sdk.beta.threads.messages.retrieve(message["id"], thread_id=thread["id"])
+    assert v2.attachments is not None
+    assert [(x.file_id, [t.type for t in x.tools or []]) for x in v2.attachments] == [
+        (b, ["file_search"])
+    ]
+    resources = sdk.beta.threads.retrieve(thread["id"]).tool_resources
+    assert resources is not None and resources.file_search is not None
+    (store_id,) = resources.file_search.vector_store_ids or []
+    assert set(_files(sdk, store_id)) == {a, b}
+
+
+def test_v1_run_cites_the_assistant_file(v1: httpx.Client, sdk: openai.OpenAI) -> None:
+    word = marker()
+    file_id = _upload(sdk, f"The {word} treaty was signed in Oslavia.", "treaty.txt")
+    assistant = _ok(
+        v1.post(
+            "/assistants",
+            json={
+                "model": "gpt-4-1106-preview",
+                "tools": [{"type": "retrieval"}],
+                "file_ids": [file_id],
+            },
+        )
+    )
+    _ready(sdk, _owned_store(sdk, assistant["id"]))
+    thread = _ok(
+        v1.post(
+            "/threads",
+            json={
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": f'[[call:file_search {{"query": "{word} treaty"}}]] '
+                        "[[reply@1:In Oslavia【0:0†treaty】.]] where?",
+                    }
+                ]
+            },
+        )
+    )
+    run = _ok(v1.post(f"/threads/{thread['id']}/runs", json={"assistant_id": assistant["id"]}))
+    deadline = time.monotonic() + 60
+    while run["status"] in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+        run = _ok(v1.get(f"/threads/{thread['id']}/runs/{run['id']}"))
+    assert run["status"] == "completed", run["last_error"]
+    listed = _ok(v1.get(f"/threads/{thread['id']}/messages", params={"run_id": run["id"]}))
+    (answer,) = listed["data"]
+    assert set(answer) == V1_MESSAGE_KEYS
+    text = answer["content"][0]["text"]
+    assert text["value"] == "In Oslavia【0:0†treaty】."
+    (note,) = text["annotations"]
+    assert note["type"] == "file_citation" and note["file_citation"]["file_id"] == file_id
+    assert text["value"][note["start_index"] : note["end_index"]] == note["text"]
+
+
+def test_v1_create_thread_and_run_maps_retrieval(v1: httpx.Client, sdk: openai.OpenAI) -> None:
+    file_id = _upload(sdk, "gamma")
+    assistant = _ok(v1.post("/assistants", json={"model": "m"}))
+    run = _ok(
+        v1.post(
+            "/threads/runs",
+            json={
+                "assistant_id": assistant["id"],
+                "tools": [{"type": "retrieval"}],
+                "thread": {"messages": [{"role": "user", "content": "x", "file_ids": [file_id]}]},
+            },
+        )
+    )
+    assert [t["type"] for t in run["tools"]] == ["file_search"]
+    resources = sdk.beta.threads.retrieve(run["thread_id"]).tool_resources
+    assert resources is not None and resources.file_search is not None
+    (store_id,) = resources.file_search.vector_store_ids or []
+    assert _files(sdk, store_id) == [file_id]
+
+
+@given(st.text(max_size=80))
+def test_beta_header_parsing(value: str) -> None:
+    """Any header text reads as v1 or v2, and v1 only when it says `assistants=v1`."""
+    from hal9100.core.beta import parse_header
+
+    version = parse_header(value)
+    assert version in ("v1", "v2")
+    if version == "v1":
+        assert "assistants" in value.lower() and "v1" in value.lower()
+    # Whatever else the header lists, an `assistants=v1` item among them asks for v1.
+    assert parse_header(f"{value},assistants=v1") == "v1"
+    assert parse_header("other=v3, Assistants = V1") == "v1"
+    assert parse_header("assistants=v2") == "v2"
