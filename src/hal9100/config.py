@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     # Threads the local model computes with (ingestion is CPU-bound: one keeps the other
     # cores for requests).
     embedding_threads: int = Field(default=1, ge=1, validation_alias="HAL9100_EMBEDDING_THREADS")
+    # Files each process ingests at once (in a lane of their own: runs never wait for them).
+    # Parsing and embedding are CPU-bound, and each file in hand is in memory whole.
+    ingest_concurrency: int = Field(default=2, ge=1, validation_alias="HAL9100_INGEST_CONCURRENCY")
     # A file with more tokens than this is not ingested (`invalid_file`), as OpenAI's limit.
     vector_store_max_file_tokens: int = Field(
         default=5_000_000, ge=1, validation_alias="HAL9100_VECTOR_STORE_MAX_FILE_TOKENS"

@@ -183,7 +183,7 @@ def make_queue(settings: Settings) -> TaskQueue:
 
         return RedisTaskQueue(
             settings.redis_url,
-            name=f"{settings.redis_prefix}-runs",
+            prefix=settings.redis_prefix,
             drain_seconds=settings.drain_seconds,
         )
     from hal9100.queue.memory import MemoryTaskQueue

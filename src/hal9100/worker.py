@@ -68,7 +68,11 @@ class Worker:
     async def start(self) -> None:
         self.runtime.router.warm()
         await self.runtime.queue.start_consuming(
-            {EXECUTE_RUN: self.engine.execute, INGEST_FILE: self.ingestor}, self.concurrency
+            {EXECUTE_RUN: self.engine.execute, INGEST_FILE: self.ingestor},
+            {
+                EXECUTE_RUN: self.concurrency,
+                INGEST_FILE: self.runtime.settings.ingest_concurrency,
+            },
         )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="run-sweeper")
 

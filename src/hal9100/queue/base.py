@@ -32,9 +32,12 @@ Handler = Callable[[str], Awaitable[None]]
 class TaskQueue(Protocol):
     async def enqueue(self, task: str, key: str) -> None: ...
 
-    async def start_consuming(self, handlers: Mapping[str, Handler], concurrency: int) -> None:
-        """Begin calling `handlers[task](key)` for queued tasks, at most `concurrency` at
-        once in all."""
+    async def start_consuming(
+        self, handlers: Mapping[str, Handler], concurrency: Mapping[str, int]
+    ) -> None:
+        """Begin calling `handlers[task](key)` for queued tasks, at most `concurrency[task]`
+        of each task at once. Each task has a lane of its own: a batch of 2,000 files to
+        ingest never holds up a run, nor runs a file."""
         ...
 
     async def aclose(self) -> None:

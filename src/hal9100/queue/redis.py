@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from saq import Worker
 from saq.queue.redis import RedisQueue as SaqRedisQueue
 
-from hal9100.queue.base import Handler
+from hal9100.queue.base import EXECUTE_RUN, Handler
 
 
 class _Queue(SaqRedisQueue):
@@ -40,12 +40,24 @@ log = logging.getLogger(__name__)
 
 
 class RedisTaskQueue:
-    def __init__(self, url: str, *, name: str = "hal9100-runs", drain_seconds: int = 30) -> None:
-        self.queue = _Queue.from_url(url, name=name)
+    """One SAQ queue per task, so each task has its own lane and concurrency. A run's queue
+    keeps the name it had before tasks had lanes (`<prefix>-runs`)."""
+
+    def __init__(self, url: str, *, prefix: str = "hal9100", drain_seconds: int = 30) -> None:
+        self.url = url
+        self.prefix = prefix
         self.drain_seconds = drain_seconds
-        self._worker: Worker[Any] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._queues: dict[str, _Queue] = {}
+        self._workers: list[tuple[Worker[Any], asyncio.Task[None]]] = []
         self._closed = False
+
+    def queue(self, task: str) -> _Queue:
+        if task not in self._queues:
+            name = f"{self.prefix}-runs" if task == EXECUTE_RUN else f"{self.prefix}-{task}"
+            queue = _Queue.from_url(self.url, name=name)
+            assert isinstance(queue, _Queue)
+            self._queues[task] = queue
+        return self._queues[task]
 
     async def enqueue(self, task: str, key: str) -> None:
         """Hand the task to a worker. If Redis is down its work stays on record in the
@@ -57,7 +69,7 @@ class RedisTaskQueue:
             log.warning("%s %s: Redis unavailable, leaving dispatch to the sweeper", task, key)
 
     async def _enqueue(self, task: str, key: str) -> None:
-        await self.queue.enqueue(
+        await self.queue(task).enqueue(
             task,
             task_key=key,
             # A fresh job key each time: the same run is queued again after tool outputs
@@ -68,7 +80,9 @@ class RedisTaskQueue:
             ttl=60,
         )
 
-    async def start_consuming(self, handlers: Mapping[str, Handler], concurrency: int) -> None:
+    async def start_consuming(
+        self, handlers: Mapping[str, Handler], concurrency: Mapping[str, int]
+    ) -> None:
         def job(handler: Handler) -> Any:
             async def run(ctx: dict[str, Any], **kwargs: Any) -> None:
                 # `run_id`: what jobs queued by HAL-9100 before named tasks carried.
@@ -76,32 +90,34 @@ class RedisTaskQueue:
 
             return run
 
-        functions = [(name, job(handler)) for name, handler in handlers.items()]
-        worker: Worker[Any] = Worker(
-            self.queue,
-            functions=functions,
-            concurrency=concurrency,
-            shutdown_grace_period_s=self.drain_seconds,
-            # SAQ's stop waits for all its loops, which notice the stop only between sleeps
-            # and dequeue timeouts: short ones let an idle worker exit within a second, while
-            # runs in hand get the whole grace period.
-            dequeue_timeout=1,
-            timers={"sweep": 1, "schedule": 1, "worker_info": 1, "abort": 1},
-        )
-        # The process owns its signals (uvicorn's, or `hal9100 worker`'s drain); SAQ must not
-        # take them over.
-        worker.SIGNALS = []
-        self._worker = worker
-        self._task = asyncio.create_task(worker.start(), name="saq-worker")
+        for task, handler in handlers.items():
+            worker: Worker[Any] = Worker(
+                self.queue(task),
+                functions=[(task, job(handler))],
+                concurrency=concurrency[task],
+                shutdown_grace_period_s=self.drain_seconds,
+                # SAQ's stop waits for all its loops, which notice the stop only between
+                # sleeps and dequeue timeouts: short ones let an idle worker exit within a
+                # second, while tasks in hand get the whole grace period.
+                dequeue_timeout=1,
+                timers={"sweep": 1, "schedule": 1, "worker_info": 1, "abort": 1},
+            )
+            # The process owns its signals (uvicorn's, or `hal9100 worker`'s drain); SAQ
+            # must not take them over.
+            worker.SIGNALS = []
+            self._workers.append(
+                (worker, asyncio.create_task(worker.start(), name=f"saq-worker-{task}"))
+            )
 
     async def aclose(self) -> None:
         """Stop taking tasks, let the ones in hand finish (up to drain_seconds), then go."""
-        worker, task = self._worker, self._task
-        self._worker = self._task = None
-        if worker is not None and task is not None:
+        workers, self._workers = self._workers, []
+        for worker, _ in workers:
             worker.event.set()
+        for _, task in workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if not self._closed:
             self._closed = True
-            await self.queue.disconnect()
+            for queue in self._queues.values():
+                await queue.disconnect()
