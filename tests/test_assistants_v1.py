@@ -7,6 +7,7 @@ OpenAI's v2 refuses them.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from conftest import DeployFactory, make_client
 from deployments import Deployment
+from hal9100.core.beta import event_v1, parse_header
 from runs_support import marker
 
 # What openai-python 1.20 put on every Assistants request.
@@ -34,6 +36,35 @@ V1_ASSISTANT_KEYS = {
     "tools",
     "file_ids",
     "metadata",
+}
+# openai-python 1.20's `Run`: no top_p, parallel_tool_calls, reasoning_effort.
+V1_RUN_KEYS = {
+    "id",
+    "object",
+    "created_at",
+    "thread_id",
+    "assistant_id",
+    "status",
+    "required_action",
+    "last_error",
+    "expires_at",
+    "started_at",
+    "cancelled_at",
+    "failed_at",
+    "completed_at",
+    "incomplete_details",
+    "model",
+    "instructions",
+    "tools",
+    "file_ids",
+    "metadata",
+    "usage",
+    "temperature",
+    "max_prompt_tokens",
+    "max_completion_tokens",
+    "truncation_strategy",
+    "tool_choice",
+    "response_format",
 }
 V1_MESSAGE_KEYS = {
     "id",
@@ -213,8 +244,8 @@ def test_v1_messages_with_file_ids(v1: httpx.Client, sdk: openai.OpenAI) -> None
     assert set(_files(sdk, store_id)) == {a, b}
 
 
-def test_v1_run_cites_the_assistant_file(v1: httpx.Client, sdk: openai.OpenAI) -> None:
-    word = marker()
+def _v1_librarian(v1: httpx.Client, sdk: openai.OpenAI, word: str) -> tuple[str, str]:
+    """A v1 assistant with `retrieval` over one file naming `word`: (assistant id, file id)."""
     file_id = _upload(sdk, f"The {word} treaty was signed in Oslavia.", "treaty.txt")
     assistant = _ok(
         v1.post(
@@ -227,26 +258,54 @@ def test_v1_run_cites_the_assistant_file(v1: httpx.Client, sdk: openai.OpenAI) -
         )
     )
     _ready(sdk, _owned_store(sdk, assistant["id"]))
-    thread = _ok(
-        v1.post(
-            "/threads",
-            json={
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": f'[[call:file_search {{"query": "{word} treaty"}}]] '
-                        "[[reply@1:In Oslavia【0:0†treaty】.]] where?",
-                    }
-                ]
-            },
+    return assistant["id"], file_id
+
+
+def _search_then_cite(word: str) -> str:
+    return (
+        f'[[call:file_search {{"query": "{word} treaty"}}]] '
+        "[[reply@1:In Oslavia【0:0†treaty】.]] where?"
+    )
+
+
+def _assert_v1_run(run: dict[str, Any], file_id: str) -> None:
+    assert set(run) == V1_RUN_KEYS, set(run) ^ V1_RUN_KEYS
+    assert run["tools"] == [{"type": "retrieval"}]
+    assert run["file_ids"] == [file_id]
+
+
+def _assert_v1_steps(v1: httpx.Client, thread_id: str, run_id: str) -> None:
+    listed = _ok(v1.get(f"/threads/{thread_id}/runs/{run_id}/steps", params={"order": "asc"}))
+    tools, message = listed["data"]
+    assert message["type"] == "message_creation"
+    (call,) = tools["step_details"]["tool_calls"]
+    assert call == {"id": call["id"], "type": "retrieval", "retrieval": {}}
+    # Asking for the results' content changes nothing: v1 showed no results.
+    one = _ok(
+        v1.get(
+            f"/threads/{thread_id}/runs/{run_id}/steps/{tools['id']}",
+            params={"include[]": "step_details.tool_calls[*].file_search.results[*].content"},
         )
     )
-    run = _ok(v1.post(f"/threads/{thread['id']}/runs", json={"assistant_id": assistant["id"]}))
+    assert one == tools
+
+
+def test_v1_run_cites_the_assistant_file(v1: httpx.Client, sdk: openai.OpenAI) -> None:
+    word = marker()
+    assistant_id, file_id = _v1_librarian(v1, sdk, word)
+    thread = _ok(
+        v1.post(
+            "/threads", json={"messages": [{"role": "user", "content": _search_then_cite(word)}]}
+        )
+    )
+    run = _ok(v1.post(f"/threads/{thread['id']}/runs", json={"assistant_id": assistant_id}))
+    _assert_v1_run(run, file_id)
     deadline = time.monotonic() + 60
     while run["status"] in ("queued", "in_progress"):
         assert time.monotonic() < deadline
         time.sleep(0.02)
         run = _ok(v1.get(f"/threads/{thread['id']}/runs/{run['id']}"))
+        _assert_v1_run(run, file_id)
     assert run["status"] == "completed", run["last_error"]
     listed = _ok(v1.get(f"/threads/{thread['id']}/messages", params={"run_id": run["id"]}))
     (answer,) = listed["data"]
@@ -256,6 +315,95 @@ def test_v1_run_cites_the_assistant_file(v1: httpx.Client, sdk: openai.OpenAI) -
     (note,) = text["annotations"]
     assert note["type"] == "file_citation" and note["file_citation"]["file_id"] == file_id
     assert text["value"][note["start_index"] : note["end_index"]] == note["text"]
+
+    _assert_v1_steps(v1, thread["id"], run["id"])
+    (listed_run,) = _ok(v1.get(f"/threads/{thread['id']}/runs"))["data"]
+    _assert_v1_run(listed_run, file_id)
+    modified = _ok(
+        v1.post(f"/threads/{thread['id']}/runs/{run['id']}", json={"metadata": {"k": "v"}})
+    )
+    _assert_v1_run(modified, file_id)
+    assert modified["metadata"] == {"k": "v"}
+    # The same run and step in v2's shapes, without the header.
+    v2_run = sdk.beta.threads.runs.retrieve(run["id"], thread_id=thread["id"])
+    assert [t.type for t in v2_run.tools] == ["file_search"]
+    steps = sdk.beta.threads.runs.steps.list(run["id"], thread_id=thread["id"], order="asc")
+    details = steps.data[0].step_details
+    assert details.type == "tool_calls" and details.tool_calls[0].type == "file_search"
+
+
+def test_v1_streamed_run_in_v1_shapes(v1: httpx.Client, sdk: openai.OpenAI) -> None:
+    word = marker()
+    assistant_id, file_id = _v1_librarian(v1, sdk, word)
+    answer = v1.post(
+        "/threads/runs",
+        json={
+            "assistant_id": assistant_id,
+            "stream": True,
+            "tool_choice": {"type": "retrieval"},
+            "thread": {"messages": [{"role": "user", "content": _search_then_cite(word)}]},
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    events = []
+    for block in answer.text.split("\n\n"):
+        if block.strip():
+            fields = dict(line.split(": ", 1) for line in block.split("\n"))
+            events.append((fields["event"], fields["data"]))
+    assert events[-1] == ("done", "[DONE]")
+    payloads = [(name, json.loads(data)) for name, data in events[:-1]]
+    names = [name for name, _ in payloads]
+    assert names[-1] == "thread.run.completed", payloads[-1]
+    assert "tool_resources" not in dict(payloads)["thread.created"]
+    runs = [
+        data for name, data in payloads if name.startswith("thread.run.") and "step" not in name
+    ]
+    assert runs
+    for run in runs:
+        _assert_v1_run(run, file_id)
+        assert run["tool_choice"] == {"type": "retrieval"}
+    calls = [
+        call
+        for name, data in payloads
+        if name.startswith("thread.run.step.")
+        for call in (data["delta"] if name == "thread.run.step.delta" else data)[
+            "step_details"
+        ].get("tool_calls", [])
+    ]
+    assert calls and all(c["type"] == "retrieval" and c["retrieval"] == {} for c in calls)
+    messages = [
+        data
+        for name, data in payloads
+        if name.startswith("thread.message.") and name != "thread.message.delta"
+    ]
+    assert messages and all(set(m) == V1_MESSAGE_KEYS for m in messages)
+    assert not any('"type":"file_search"' in data for _, data in events)
+    thread_id = runs[-1]["thread_id"]
+    _assert_v1_steps(v1, thread_id, runs[-1]["id"])
+    # v2 reads the choice as file_search.
+    v2_run = sdk.beta.threads.runs.retrieve(runs[-1]["id"], thread_id=thread_id)
+    choice = v2_run.tool_choice
+    assert choice is not None and not isinstance(choice, str) and choice.type == "file_search"
+
+
+def test_v1_tool_choice_retrieval_only_under_v1(
+    deployment: Deployment, v1: httpx.Client, sdk: openai.OpenAI
+) -> None:
+    assistant = _ok(v1.post("/assistants", json={"model": "m", "tools": [{"type": "retrieval"}]}))
+    body = {"assistant_id": assistant["id"], "tool_choice": {"type": "retrieval"}}
+    thread = sdk.beta.threads.create()
+    run = _ok(v1.post(f"/threads/{thread.id}/runs", json=body))
+    assert run["tool_choice"] == {"type": "retrieval"} and run["file_ids"] == []
+    cancelled = _ok(v1.post(f"/threads/{thread.id}/runs/{run['id']}/cancel"))
+    assert set(cancelled) == V1_RUN_KEYS
+    # Without the retrieval tool, the choice names a tool the run lacks.
+    bare = _ok(v1.post("/assistants", json={"model": "m"}))
+    refused = v1.post("/threads/runs", json={**body, "assistant_id": bare["id"]})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "tool_choice"
+    with httpx.Client(base_url=deployment.url + "/v1", timeout=30) as v2:
+        answer = v2.post("/threads/runs", json=body)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["param"].startswith("tool_choice")
 
 
 def test_v1_create_thread_and_run_maps_retrieval(v1: httpx.Client, sdk: openai.OpenAI) -> None:
@@ -271,7 +419,8 @@ def test_v1_create_thread_and_run_maps_retrieval(v1: httpx.Client, sdk: openai.O
             },
         )
     )
-    assert [t["type"] for t in run["tools"]] == ["file_search"]
+    assert run["tools"] == [{"type": "retrieval"}] and run["file_ids"] == []
+    assert set(run) == V1_RUN_KEYS
     resources = sdk.beta.threads.retrieve(run["thread_id"]).tool_resources
     assert resources is not None and resources.file_search is not None
     (store_id,) = resources.file_search.vector_store_ids or []
@@ -281,8 +430,6 @@ def test_v1_create_thread_and_run_maps_retrieval(v1: httpx.Client, sdk: openai.O
 @given(st.text(max_size=80))
 def test_beta_header_parsing(value: str) -> None:
     """Any header text reads as v1 or v2, and v1 only when it says `assistants=v1`."""
-    from hal9100.core.beta import parse_header
-
     version = parse_header(value)
     assert version in ("v1", "v2")
     if version == "v1":
@@ -291,3 +438,35 @@ def test_beta_header_parsing(value: str) -> None:
     assert parse_header(f"{value},assistants=v1") == "v1"
     assert parse_header("other=v3, Assistants = V1") == "v1"
     assert parse_header("assistants=v2") == "v2"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    st.sampled_from(
+        [
+            "thread.created",
+            "thread.run.created",
+            "thread.run.step.created",
+            "thread.run.step.delta",
+            "thread.message.completed",
+            "thread.message.delta",
+            "error",
+            "\ud800",
+        ]
+    ),
+    _json,
+)
+def test_v1_event_shapes_survive_any_payload(event: str, data: Any) -> None:
+    """Reshaping a stream event never fails, whatever its payload, and stays JSON."""
+    shaped = event_v1(event, data, ["file-\x00"])
+    json.dumps(shaped)
+    if event == "thread.run.created" and isinstance(data, dict):
+        assert set(shaped) == V1_RUN_KEYS

@@ -68,6 +68,14 @@ def v1_tools(tools: Any) -> Any:
     ]
 
 
+def v1_tool_choice(choice: Any) -> Any:
+    """A run request's `tool_choice` with v1's `{"type": "retrieval"}` read as file_search
+    (v1 requests only; a v2 request keeps it, and is refused as OpenAI's v2 refuses it)."""
+    if is_v1() and isinstance(choice, dict) and choice.get("type") == "retrieval":
+        return {**choice, "type": "file_search"}
+    return choice
+
+
 def v1_only(value: Any) -> Any:
     """A field only v1 has (`file_ids`): refused outside v1 with the error an unknown
     argument gets ("Unrecognized request argument supplied: file_ids")."""
@@ -83,7 +91,10 @@ def v1_only(value: Any) -> Any:
 
 def v1_tool_list(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Tools as v1 names them: `file_search` was `retrieval`, with no options."""
-    return [{"type": "retrieval"} if t.get("type") == "file_search" else t for t in tools]
+    return [
+        {"type": "retrieval"} if isinstance(t, dict) and t.get("type") == "file_search" else t
+        for t in tools
+    ]
 
 
 def assistant_v1(obj: BaseModel, file_ids: list[str]) -> dict[str, Any]:
@@ -105,10 +116,21 @@ def assistant_v1(obj: BaseModel, file_ids: list[str]) -> dict[str, Any]:
 
 def message_v1(obj: BaseModel) -> dict[str, Any]:
     """A v2 message object in v1's shape: its attachments' files as `file_ids`."""
-    data = obj.model_dump(mode="json")
+    return message_json_v1(obj.model_dump(mode="json"))
+
+
+def message_json_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A message (JSON) in v1's shape."""
+    data = dict(data)
     attachments = data.pop("attachments", None) or []
+    if not isinstance(attachments, list):
+        attachments = []
     data["file_ids"] = list(
-        dict.fromkeys(a["file_id"] for a in attachments if isinstance(a, dict) and "file_id" in a)
+        dict.fromkeys(
+            a["file_id"]
+            for a in attachments
+            if isinstance(a, dict) and isinstance(a.get("file_id"), str)
+        )
     )
     return data
 
@@ -120,25 +142,97 @@ def thread_v1(obj: BaseModel) -> dict[str, Any]:
     return data
 
 
+# The fields of openai-python 1.20's `Run` (the last v1 release): v2 added `top_p`,
+# `parallel_tool_calls` and `reasoning_effort` later, and dropped `file_ids`.
+_RUN_V1_KEYS = (
+    "id",
+    "object",
+    "created_at",
+    "thread_id",
+    "assistant_id",
+    "status",
+    "required_action",
+    "last_error",
+    "expires_at",
+    "started_at",
+    "cancelled_at",
+    "failed_at",
+    "completed_at",
+    "incomplete_details",
+    "model",
+    "instructions",
+    "tools",
+    "file_ids",
+    "metadata",
+    "usage",
+    "temperature",
+    "max_prompt_tokens",
+    "max_completion_tokens",
+    "truncation_strategy",
+    "tool_choice",
+    "response_format",
+)
+
+
 def run_v1(data: dict[str, Any], file_ids: list[str]) -> dict[str, Any]:
-    """A run object (JSON) in v1's shape: `retrieval` tools, and the assistant's files."""
-    return {**data, "tools": v1_tool_list(data.get("tools") or []), "file_ids": file_ids}
+    """A run object (JSON) in v1's shape: `retrieval` tools and tool_choice, and `file_ids`
+    (the files of the run's assistant, as its v1 `file_ids` show them)."""
+    choice = data.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "file_search":
+        choice = {"type": "retrieval"}
+    tools = data.get("tools")
+    shaped = {
+        **data,
+        "tools": v1_tool_list(tools) if isinstance(tools, list) else [],
+        "tool_choice": choice,
+        "file_ids": file_ids,
+    }
+    return {key: shaped.get(key) for key in _RUN_V1_KEYS}
+
+
+def _retrieval_call(call: Any) -> Any:
+    """A file_search call (or call delta) as v1's `retrieval` call, whose details were an
+    empty object; a delta keeps its `index`."""
+    if not isinstance(call, dict) or call.get("type") != "file_search":
+        return call
+    shaped = {key: call[key] for key in ("index", "id") if key in call}
+    return {**shaped, "type": "retrieval", "retrieval": {}}
 
 
 def step_v1(data: dict[str, Any]) -> dict[str, Any]:
-    """A run step (JSON) in v1's shape: a file_search call was a `retrieval` call, whose
-    details were an empty object."""
-    details = data.get("step_details") or {}
-    calls = details.get("tool_calls")
-    if not isinstance(calls, list):
+    """A run step (JSON) in v1's shape: a file_search call was a `retrieval` call."""
+    details = data.get("step_details")
+    calls = details.get("tool_calls") if isinstance(details, dict) else None
+    if not isinstance(details, dict) or not isinstance(calls, list):
         return data
-    mapped = [
-        {"id": c.get("id"), "type": "retrieval", "retrieval": {}}
-        if isinstance(c, dict) and c.get("type") == "file_search"
-        else c
-        for c in calls
-    ]
+    mapped = [_retrieval_call(c) for c in calls]
     return {**data, "step_details": {**details, "tool_calls": mapped}}
+
+
+def step_delta_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A `thread.run.step.delta` payload in v1's shape."""
+    delta = data.get("delta")
+    if not isinstance(delta, dict) or not isinstance(delta.get("step_details"), dict):
+        return data
+    return {**data, "delta": step_v1(delta)}
+
+
+def event_v1(event: str, data: Any, file_ids: list[str]) -> Any:
+    """A stream event's payload (JSON) in v1's shape; `file_ids` are the run's (`run_v1`).
+    Events without v2-only fields (message deltas, errors) keep theirs."""
+    if not isinstance(data, dict):
+        return data
+    if event == "thread.created":
+        return {k: v for k, v in data.items() if k != "tool_resources"}
+    if event == "thread.run.step.delta":
+        return step_delta_v1(data)
+    if event.startswith("thread.run.step."):
+        return step_v1(data)
+    if event.startswith("thread.run."):
+        return run_v1(data, file_ids)
+    if event.startswith("thread.message.") and event != "thread.message.delta":
+        return message_json_v1(data)
+    return data
 
 
 def answer(version: Version, v2: BaseModel, v1: dict[str, Any] | None) -> Any:

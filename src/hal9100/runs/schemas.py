@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from hal9100.core.beta import v1_tool_choice
 from hal9100.core.schemas import (
     MAX_INT32,
     Metadata,
@@ -56,6 +57,9 @@ class _RunOptions(RequestModel):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+
+    # v1's `{"type": "retrieval"}` is file_search, under the v1 header only.
+    _v1_tool_choice = field_validator("tool_choice", mode="before")(v1_tool_choice)
 
 
 class RunCreate(_RunOptions):

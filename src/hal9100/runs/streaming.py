@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
@@ -89,8 +89,18 @@ async def _after_quiet(
         return run_event(run), False
 
 
-def event_stream(runtime: Runtime, run_id: str, position: str) -> StreamingResponse:
+def event_stream(
+    runtime: Runtime,
+    run_id: str,
+    position: str,
+    reshape: Callable[[RunEvent], RunEvent] | None = None,
+) -> StreamingResponse:
+    """The run's events from `position` as SSE; `reshape` rewrites each event first (the
+    v1 shapes, for a client of `assistants=v1`)."""
     check_seconds = runtime.settings.stream_check_seconds
+
+    def sse(item: RunEvent) -> bytes:
+        return (reshape(item) if reshape is not None else item).sse()
 
     async def frames() -> AsyncIterator[bytes]:
         queue: asyncio.Queue[RunEvent | None] = asyncio.Queue()
@@ -108,14 +118,14 @@ def event_stream(runtime: Runtime, run_id: str, position: str) -> StreamingRespo
                     except TimeoutError:
                         final, suspect = await _after_quiet(runtime, run_id, suspect)
                         if final is not None:
-                            yield final.sse()
+                            yield sse(final)
                             break
                         continue
                 if item is None:  # the segment ended (a closing event, or an error)
                     break
                 suspect = False
                 # Events already waiting go out with this one, in one write.
-                ready = [item.sse()]
+                ready = [sse(item)]
                 ended = False
                 while len(ready) < MAX_EVENTS_PER_WRITE:
                     try:
@@ -125,7 +135,7 @@ def event_stream(runtime: Runtime, run_id: str, position: str) -> StreamingRespo
                     if item is None:
                         ended = True
                         break
-                    ready.append(item.sse())
+                    ready.append(sse(item))
                 yield b"".join(ready)
                 if ended:
                     break
