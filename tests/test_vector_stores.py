@@ -485,3 +485,52 @@ def test_expired_store(client: openai.OpenAI, server, library: dict[str, str]) -
     assert "expired" in str(caught.value)
     listed = {s.id: s.status for s in client.vector_stores.list(limit=100)}
     assert listed[store.id] == "expired"
+
+
+def _whole_log(deployment) -> str:  # type: ignore[no-untyped-def]
+    # `Deployment.log` keeps the tail; the start-up lines are at the head.
+    return "".join(p.log_path.read_text(errors="replace") for p in deployment.api)
+
+
+def test_semantic_search_offline(mode: str, deploy, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The default install searches by meaning with no network: the tokenizer's rank files
+    and the embedding model ship in packages. Every request off loopback goes to a dead
+    proxy, and tiktoken's download cache is empty."""
+    if mode != "embedded":
+        pytest.skip("one embedded server shows it")
+    from conftest import make_client
+
+    dead = "http://127.0.0.1:9"
+    deployment = deploy(
+        HTTP_PROXY=dead,
+        HTTPS_PROXY=dead,
+        ALL_PROXY=dead,
+        NO_PROXY="127.0.0.1,localhost",
+        TIKTOKEN_CACHE_DIR=str(tmp_path / "empty-tiktoken-cache"),
+        HF_HUB_OFFLINE="1",
+    )
+    client = make_client(deployment.urls)
+    ids = {name: upload(client, name, text) for name, text in DOCS.items()}
+    store = client.vector_stores.create(name="offline", file_ids=list(ids.values()))
+    assert wait_store(client, store.id).file_counts.completed == 3
+    page = client.vector_stores.search(store.id, query="molten rock erupting mountain")
+    assert page.data[0].file_id == ids["volcano.md"]
+    assert "embeddings=local all-MiniLM-L6-v2" in _whole_log(deployment)
+    client.close()
+
+
+def test_keyword_only_when_no_model(mode: str, deploy) -> None:  # type: ignore[no-untyped-def]
+    """HAL9100_EMBEDDINGS=none: the server says at start-up that search is by keywords only,
+    and keyword search works."""
+    from conftest import make_client
+
+    deployment = deploy(HAL9100_EMBEDDINGS="none")
+    assert "keywords only" in _whole_log(deployment)
+    client = make_client(deployment.urls)
+    ids = {name: upload(client, name, text) for name, text in DOCS.items()}
+    store = client.vector_stores.create(name="keywords", file_ids=list(ids.values()))
+    assert wait_store(client, store.id).file_counts.completed == 3
+    page = client.vector_stores.search(store.id, query="Which volcano is in Sicily?")
+    assert page.data and page.data[0].file_id == ids["volcano.md"]
+    assert all(0 <= r.score <= 1 for r in page.data)
+    client.close()
