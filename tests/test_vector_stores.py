@@ -534,3 +534,15 @@ def test_keyword_only_when_no_model(mode: str, deploy) -> None:  # type: ignore[
     assert page.data and page.data[0].file_id == ids["volcano.md"]
     assert all(0 <= r.score <= 1 for r in page.data)
     client.close()
+
+
+def test_files_upload_and_poll(client: openai.OpenAI) -> None:
+    store = client.vector_stores.create(name="upload and poll")
+    done = client.vector_stores.files.upload_and_poll(
+        vector_store_id=store.id,
+        file=("notes.md", io.BytesIO(b"# Notes\n\nThe otter sleeps holding hands.")),
+        attributes={"kind": "notes"},
+    )
+    assert done.status == "completed" and done.attributes == {"kind": "notes"}
+    page = client.vector_stores.search(store.id, query="otter")
+    assert [r.file_id for r in page.data] == [done.id]
