@@ -1,7 +1,7 @@
 """The chunk index through its interface, on every backend: SQLite (a real file), PostgreSQL
 without pgvector (Debian's on 127.0.0.1:5432: the bytea + numpy fallback) and PostgreSQL with
 pgvector (pgserver's). Each PostgreSQL gets a database of its own for the session, with
-migration 0005 applied directly (it does not depend on the app's other tables), dropped at
+migrations 0005 and 0006 applied directly (it does not depend on the app's other tables), dropped at
 the end; tests keep apart by using vector store ids of their own.
 """
 
@@ -24,21 +24,30 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Connection
 
 from hal9100.db.engine import make_engine
+from hal9100.retrieval import postgres as postgres_module
+from hal9100.retrieval import sqlite as sqlite_module
 from hal9100.retrieval.base import Chunk, ChunkIndex, Fenced, Hit, Query
-from hal9100.retrieval.fusion import unit_vector
+from hal9100.retrieval.fusion import (
+    BM25_HALF,
+    BM25_IDF_SCALE,
+    VectorMatrix,
+    bm25_half,
+    fuse,
+    unit_vector,
+)
+from hal9100.retrieval.keywords import content_tokens, within_budget
 from hal9100.retrieval.postgres import PostgresChunkIndex
 from hal9100.retrieval.sqlite import SqliteChunkIndex
 from pgvector import pgvector_admin_url
 
 PG_ADMIN_URL = os.environ.get("HAL9100_TEST_PG", "postgres://postgres@127.0.0.1:5432/postgres")
 REQUIRE_SERVICES = os.environ.get("HAL9100_REQUIRE_SERVICES", "") not in ("", "0", "false")
-MIGRATION = (
-    Path(__file__).resolve().parent.parent
-    / "src/hal9100/db/migrations/versions/0005_chunk_index.py"
-)
+VERSIONS = Path(__file__).resolve().parent.parent / "src/hal9100/db/migrations/versions"
+MIGRATIONS = [VERSIONS / "0005_chunk_index.py", VERSIONS / "0006_chunk_vector_hnsw.py"]
 BACKENDS = ["sqlite", "pg-bytea", "pg-vector"]
 T = TypeVar("T")
 
@@ -46,12 +55,13 @@ T = TypeVar("T")
 
 
 def _apply_migration(connection: Connection) -> None:
-    spec = importlib.util.spec_from_file_location("chunk_index_migration", MIGRATION)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    with Operations.context(MigrationContext.configure(connection)):
-        module.upgrade()
+    for path in MIGRATIONS:
+        spec = importlib.util.spec_from_file_location(f"chunk_index_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        with Operations.context(MigrationContext.configure(connection)):
+            module.upgrade()
 
 
 async def _create_database(admin_url: str) -> tuple[str, str]:
@@ -420,3 +430,160 @@ async def test_hostile_queries(
         )
     )
     _check(hits, 7, threshold)
+
+
+# --- speed measures (bench/bench_retrieval.py): same answers, less work ------------------
+
+
+@given(frequencies=st.lists(st.integers(min_value=0, max_value=10**7), max_size=70))
+@example(frequencies=[])
+@example(frequencies=[10**7, 10**7])
+def test_within_budget(frequencies: list[int]) -> None:
+    budget = 20_000
+    kept = within_budget(frequencies, budget)
+    assert kept == sorted(set(kept))
+    assert all(0 <= i < len(frequencies) for i in kept)
+    if not frequencies:
+        assert kept == []
+        return
+    # The rarest always stays; the kept ones fit the budget unless that one alone does not.
+    rarest = min(range(len(frequencies)), key=lambda i: (frequencies[i], i))
+    assert rarest in kept
+    assert sum(frequencies[i] for i in kept) <= max(budget, frequencies[rarest])
+    # Every token left out is at least as common as every token kept, and did not fit.
+    dropped = [i for i in range(len(frequencies)) if i not in kept]
+    if dropped:
+        assert min(frequencies[i] for i in dropped) >= max(frequencies[i] for i in kept)
+        spent = sum(frequencies[i] for i in kept)
+        assert spent + min(frequencies[i] for i in dropped) > budget
+
+
+async def test_common_words_left_out_of_keyword_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: a word found in most chunks costs ranking time and adds nothing; the query's
+    rare words still find their chunk, and a query of common words only still answers."""
+    monkeypatch.setattr(sqlite_module, "KEYWORD_POSTINGS", 100)
+    index = SqliteChunkIndex(tmp_path / "vectors.sqlite3")
+    try:
+        store = _store()
+        texts = [f"the python function number {i} returns the value" for i in range(150)]
+        texts[77] += " with a zeppelin"
+        await _filled(index, store, "file-a", texts, dims=None)
+        match, _ = await index._call(
+            lambda: index._match(index._db(), "Does the python zeppelin fly?")
+        )
+        assert match == '"zeppelin" OR "fly"'
+        hits = await index.search(Query([store], "How does the zeppelin function?", None, 5))
+        assert hits[0].index == 77
+        # Stemmed as FTS5 stems: "functions" is the indexed "function".
+        hits = await index.search(Query([store], "the functions", None, 5))
+        assert len(hits) == 5
+    finally:
+        await index.aclose()
+
+
+def test_vector_matrix_shares_windows() -> None:
+    """Windows shared by overlapping chunks are one matrix row; every chunk still scores
+    its own best window, and file filters still apply."""
+    a, b, c = (unit_vector(_vector(seed, 8)) for seed in (1, 2, 3))
+    rows = [
+        (1, "f", a.tobytes()),
+        (1, "f", b.tobytes()),
+        (2, "f", b.tobytes()),
+        (2, "f", c.tobytes()),
+        (3, "g", a.tobytes()),
+    ]
+    matrix = VectorMatrix.build(1, rows)
+    assert matrix.blocks[8].matrix.shape == (3, 8)
+    best, extra = matrix.search(c, None, 10, also=[1, 3, 99])
+    assert best[0] == (2, pytest.approx(1.0, abs=1e-5))
+    assert {chunk for chunk, _ in best} == {1, 2, 3}
+    assert extra[1] == pytest.approx(float(max(a @ c, b @ c)), abs=1e-5)
+    assert set(extra) == {1, 3}
+    best, _ = matrix.search(a, frozenset({"g"}), 10, also=[])
+    assert [chunk for chunk, _ in best] == [3]
+
+
+async def test_pgvector_hnsw_used_and_exact_for_small_stores(pg_vector_url: str) -> None:
+    """pgvector: a large store's nearest windows come from migration 0006's HNSW index, a
+    small store of the same table is searched exactly, and both find their chunks."""
+    engine = make_engine(pg_vector_url, pool_size=2)
+    index = PostgresChunkIndex(engine)
+    try:
+        assert await index.layout() == "vector"
+        big, small = _store(), _store()
+        chunks = await _filled(index, big, "file-a", [f"chunk {i}" for i in range(120)], dims=384)
+        few = await _filled(index, small, "file-b", DOCS[:3], dims=384, seed=5)
+        async with engine.connect() as conn:
+            plan = "\n".join(
+                str(row[0])
+                for row in await conn.execute(
+                    sql_text("EXPLAIN " + str(postgres_module._HNSW[384])),
+                    {
+                        "q": "[" + ",".join(str(x) for x in chunks[9].vectors[0]) + "]",
+                        "windows": 200,
+                        "depth": 50,
+                        "stores": [big],
+                        "files": None,
+                    },
+                )
+            )
+        assert "chunk_index_windows_hnsw_384" in plan, plan
+        for target in (3, 9, 117):
+            hits = await index.search(Query([big], "", chunks[target].vectors[1], limit=3))
+            assert hits[0].index == target and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        hits = await index.search(Query([small], "", few[2].vectors[0], limit=3))
+        assert [h.index for h in hits] == [2, 0, 1] or hits[0].index == 2
+        assert {h.vector_store_id for h in hits} == {small}
+        hits = await index.search(Query([big], "", few[2].vectors[0], limit=3, file_ids=["x"]))
+        assert hits == []
+    finally:
+        await index.aclose()
+        await engine.dispose()
+
+
+def test_content_tokens() -> None:
+    assert content_tokens("How do I make a zeppelin fly?") == ["make", "zeppelin", "fly"]
+    # All stop words: searched as they are rather than not at all.
+    assert content_tokens("To be or not to be") == ["to", "be", "or", "not"]
+    assert content_tokens("\x00\ud800 ...") == []
+
+
+def test_fusion_orders_by_score() -> None:
+    """A hit with strong evidence on one side ranks above one found first by a weak other
+    side (rank fusion alone put them the other way round), and scores fall down the list."""
+    fused = fuse(
+        keyword=[(1, 0.05), (2, 0.6)],
+        dense=[(3, 0.9), (1, 0.2)],
+        cosines={2: 0.1},
+        has_vector=True,
+        embedding_weight=1.0,
+        text_weight=1.0,
+        limit=10,
+        score_threshold=0.0,
+    )
+    assert [f.chunk_id for f in fused] == [3, 2, 1]
+    assert [f.score for f in fused] == sorted((f.score for f in fused), reverse=True)
+    assert fused[0].score == pytest.approx(0.9)
+    assert fused[1].score == pytest.approx(1 - 0.9 * 0.4)
+    cut = fuse(
+        keyword=[(1, 0.05), (2, 0.6)],
+        dense=[(3, 0.9), (1, 0.2)],
+        cosines={2: 0.1},
+        has_vector=True,
+        embedding_weight=1.0,
+        text_weight=1.0,
+        limit=10,
+        score_threshold=0.5,
+    )
+    assert [f.chunk_id for f in cut] == [3, 2]
+
+
+def test_bm25_half() -> None:
+    assert bm25_half([], 100) == BM25_HALF
+    assert bm25_half([0, 0], 100) == BM25_HALF
+    one = bm25_half([10], 1000)
+    assert one == pytest.approx(BM25_IDF_SCALE * math.log((1000 - 10 + 0.5) / 10.5))
+    # A word in most chunks adds (almost) nothing, as in FTS5's bm25.
+    assert bm25_half([10, 900], 1000) == pytest.approx(one + BM25_IDF_SCALE * 1e-6)

@@ -9,32 +9,38 @@ with their cosine (the best window's). Every candidate also gets its cosine when
 has a vector, even if only the keyword side found it, so that both numbers below are known
 for every hit.
 
-* Order: weighted reciprocal rank fusion (k = 60), as OpenAI's `hybrid_search` weights
-  describe: `rrf = w_e / (60 + dense_rank) + w_t / (60 + keyword_rank)`, a missing rank
-  contributing nothing; ties go to the higher absolute score. Ranks, not raw scores, decide
-  the order, so neither side's score scale can drown the other.
-* Absolute score: a weighted probabilistic OR of the two pieces of evidence,
+* Score: a weighted probabilistic OR of the two pieces of evidence,
   `1 - (1 - max(cosine, 0)) ** (w_e / w) * (1 - keyword) ** (w_t / w)` with
-  `w = max(w_e, w_t)`: strong evidence from either side scores high (a chunk that is the
-  query's paraphrase but shares no word with it still scores its cosine), both together
-  score higher, and an unrelated query (small cosine, no or weak keyword match) scores low
-  whatever the store holds, which rank normalisation would not give (it scores the best of
-  a bad lot 1.0). With equal weights it is `1 - (1 - cosine) * (1 - keyword)`; a side with
-  weight 0 drops out.
-* Reported score: the running minimum of the absolute scores down the RRF order, so scores
-  are monotone in the returned order and a hit is never reported above its own absolute
-  score: `score_threshold` then drops every hit whose own score is below it (and, being a
-  cut of a monotone list, the hits after it).
+  `w = max(w_e, w_t)` (OpenAI's `hybrid_search` weights): strong evidence from either side
+  scores high (a chunk that is the query's paraphrase but shares no word with it still
+  scores its cosine), both together score higher, and an unrelated query (small cosine, no
+  or weak keyword match) scores low whatever the store holds, which rank normalisation
+  would not give (it scores the best of a bad lot 1.0). With equal weights it is
+  `1 - (1 - cosine) * (1 - keyword)`; a side with weight 0 drops out.
+* Order: by that score, best first; ties go to the weighted reciprocal rank fusion
+  (`w_e / (60 + dense_rank) + w_t / (60 + keyword_rank)`), then the chunk id. Scores are
+  therefore monotone in the returned order and each hit reports its own score:
+  `score_threshold` drops exactly the hits below it.
+
+  Reciprocal rank fusion alone ordered the hits first (it was the plan): it counts both
+  rankings as equally good, and on the evaluation corpus (bench/bench_retrieval.py) the
+  keyword ranking of questions is much weaker than the dense one, so RRF ranked below the
+  dense side alone (recall@5 0.676 against 0.715), while the score, which weighs each side
+  by how strong its evidence is, ranked above both (numbers in the bench's output).
 
 Without a query vector the dense weight is 0, so order and score are the keyword side's
 alone; with `text_weight` 0 they are the dense side's alone. Negative or NaN weights count
 as 0, and if both are 0 both count as 1.
 
-The keyword score saturates the backend's native relevance `r >= 0` as `r / (r + K)`:
-SQLite's bm25 (sign flipped; its idf makes words found in most chunks score near 0) with
-K = `BM25_HALF`, PostgreSQL's `ts_rank_cd` with K = `TS_RANK_HALF`, K being the relevance
-that scores 0.5. The two backends' keyword scores are therefore comparable in spirit, not
-equal.
+The keyword score saturates the backend's native relevance `r >= 0` as `r / (r + K)`, K
+being the relevance that scores 0.5. SQLite (bm25, sign flipped): K is `BM25_IDF_SCALE`
+times the sum of the IDFs of the query's terms (FTS5's own formula); that sum is about the
+bm25 of a chunk of ordinary length holding each term once, so the keyword score means the
+same for a short and a long query, and a chunk matching only the query's commonest words
+scores little; `BM25_HALF` when the IDFs are unknown. PostgreSQL has no BM25: its relevance
+is the sum of the IDFs of the query's tokens a chunk holds (from the planner's lexeme
+statistics) plus `ts_rank_cd` (term frequency and proximity, mostly below 1), saturated with
+the same K; the two backends' keyword scores are comparable in spirit, not equal.
 """
 
 from __future__ import annotations
@@ -49,10 +55,13 @@ import numpy.typing as npt
 RRF_K = 60
 MAX_LIMIT = 50
 BM25_HALF = 5.0
-"""bm25 (SQLite FTS5, negated) that scores 0.5: roughly one occurrence of a term found in a
-thousandth of a large store's chunks, or several rarer terms together."""
-TS_RANK_HALF = 0.1
-"""ts_rank_cd that scores 0.5: one close cover of the query terms in an ordinary chunk."""
+"""bm25 (SQLite FTS5, negated) that scores 0.5 when the query's IDFs are unknown: roughly one
+occurrence of a term found in a thousandth of a large store's chunks."""
+BM25_IDF_SCALE = 2.0
+"""K over the query's summed IDFs. Tuned on the evaluation corpus (bench/bench_retrieval.py,
+the Python FAQ): 1.0, the value with a meaning (0.5 for a chunk holding each term once),
+put hybrid above the dense side in recall@5 but not in MRR@10 or nDCG@10; 0.5 to 4 were
+tried, 3 scored best, 2 is the smallest tried above both sides on all three."""
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -62,11 +71,25 @@ def candidate_depth(limit: int) -> int:
     return max(50, 4 * limit)
 
 
+def bm25_half(frequencies: Iterable[int], rows: int) -> float:
+    """The bm25 that scores 0.5 for a query whose terms are found in `frequencies` chunks
+    each, out of `rows`: BM25_IDF_SCALE times the sum of their IDFs as FTS5 computes them
+    (each at least 1e-6); BM25_HALF when no term is known."""
+    total = 0.0
+    for frequency in frequencies:
+        if frequency > 0:
+            idf = math.log((rows - frequency + 0.5) / (frequency + 0.5)) if rows > 0 else 0.0
+            total += max(idf, 1e-6)
+    return BM25_IDF_SCALE * total if total > 0 else BM25_HALF
+
+
 def clamp_limit(limit: int) -> int:
     return max(0, min(int(limit), MAX_LIMIT))
 
 
 def saturate(relevance: float, half: float) -> float:
+    if not half > 0 or math.isinf(half):
+        half = BM25_HALF
     if not relevance > 0 or math.isnan(relevance):
         return 0.0
     if math.isinf(relevance):
@@ -149,27 +172,28 @@ def fuse(
         absolute[chunk_id] = min(max(1.0 - miss, 0.0), 1.0)
         if has_vector:
             details[chunk_id]["dense"] = cosine
-    order = sorted(rrf, key=lambda c: (-rrf[c], -absolute[c], c))
+    order = sorted(rrf, key=lambda c: (-absolute[c], -rrf[c], c))
     hits: list[Fused] = []
-    reported = 1.0
     for chunk_id in order[: clamp_limit(limit)]:
-        reported = min(reported, absolute[chunk_id])
-        if reported < score_threshold:
+        if absolute[chunk_id] < score_threshold:
             break
         info = details[chunk_id]
         info.update(rrf=rrf[chunk_id], absolute=absolute[chunk_id])
-        hits.append(Fused(chunk_id, reported, info))
+        hits.append(Fused(chunk_id, absolute[chunk_id], info))
     return hits
 
 
 @dataclass(slots=True)
 class _Block:
-    """The windows of one embedding size: a matrix, and for each row its chunk."""
+    """The windows of one embedding size: a matrix of distinct vectors, and for each stored
+    window row its vector and its chunk."""
 
     matrix: FloatArray
-    row_chunks: npt.NDArray[np.int64]
+    row_vectors: npt.NDArray[np.intp]
+    """The matrix row of each stored window row: overlapping chunks (800 tokens, 400 apart)
+    share most of their windows, so each distinct vector is multiplied once."""
     starts: npt.NDArray[np.intp]
-    """First row of each chunk (rows are grouped by chunk) for the per-chunk maximum."""
+    """First window row of each chunk (rows are grouped by chunk) for the per-chunk maximum."""
     chunk_ids: npt.NDArray[np.int64]
     chunk_files: npt.NDArray[np.int32]
 
@@ -188,25 +212,29 @@ class VectorMatrix:
     def build(cls, version: int, rows: Iterable[tuple[int, str, bytes]]) -> VectorMatrix:
         """From (chunk id, file id, float32 bytes) rows sorted by chunk id."""
         file_codes: dict[str, int] = {}
-        grouped: dict[int, tuple[list[int], list[int], list[bytes]]] = {}
+        # Per size: each row's chunk and file code, and its vector's position among the
+        # distinct vectors (bytes-equal windows are one row of the matrix).
+        grouped: dict[int, tuple[list[int], list[int], list[int], dict[bytes, int]]] = {}
         for chunk_id, file_id, blob in rows:
             dims = len(blob) // 4
             if dims == 0:
                 continue
-            chunks, files, blobs = grouped.setdefault(dims, ([], [], []))
+            chunks, files, positions, distinct = grouped.setdefault(dims, ([], [], [], {}))
             chunks.append(chunk_id)
             files.append(file_codes.setdefault(file_id, len(file_codes)))
-            blobs.append(blob[: dims * 4])
+            positions.append(distinct.setdefault(blob[: dims * 4], len(distinct)))
         blocks: dict[int, _Block] = {}
-        for dims, (chunks, files, blobs) in grouped.items():
-            matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dims)
+        for dims, (chunks, files, positions, distinct) in grouped.items():
+            matrix = np.frombuffer(b"".join(distinct), dtype=np.float32).reshape(
+                len(distinct), dims
+            )
             row_chunks = np.asarray(chunks, dtype=np.int64)
             row_files = np.asarray(files, dtype=np.int32)
             change = np.flatnonzero(np.diff(row_chunks)) + 1
             starts = np.concatenate(([0], change)).astype(np.intp)
             blocks[dims] = _Block(
                 matrix=matrix,
-                row_chunks=row_chunks,
+                row_vectors=np.asarray(positions, dtype=np.intp),
                 starts=starts,
                 chunk_ids=row_chunks[starts],
                 chunk_files=row_files[starts],
@@ -222,29 +250,51 @@ class VectorMatrix:
     ) -> tuple[list[tuple[int, float]], dict[int, float]]:
         """The `depth` best chunks as (chunk id, cosine), best first, and the cosines of the
         chunks in `also` that are in this store (for keyword-only candidates)."""
+        return self.pick(self.score(vector, file_ids), depth, also)
+
+    def score(self, vector: FloatArray, file_ids: frozenset[str] | None) -> ChunkScores | None:
+        """Every chunk's cosine (-inf outside `file_ids`): the costly half of `search`, which
+        needs no keyword candidates, so that it can run beside the keyword search."""
         block = self.blocks.get(int(vector.shape[0]))
         if block is None or block.matrix.shape[0] == 0:
-            return [], {}
-        scores = np.maximum.reduceat(block.matrix @ vector, block.starts)
+            return None
+        scores = np.maximum.reduceat((block.matrix @ vector)[block.row_vectors], block.starts)
         if file_ids is not None:
             allowed = np.asarray(
                 [self.files[f] for f in file_ids if f in self.files] or [-1],
                 dtype=np.int32,
             )
             scores = np.where(np.isin(block.chunk_files, allowed), scores, -np.inf)
+        return ChunkScores(block.chunk_ids, scores)
+
+    @staticmethod
+    def pick(
+        scored: ChunkScores | None, depth: int, also: Sequence[int]
+    ) -> tuple[list[tuple[int, float]], dict[int, float]]:
+        """`search`'s answer from `score`'s."""
+        if scored is None:
+            return [], {}
+        chunk_ids, scores = scored.chunk_ids, scored.scores
         count = min(depth, scores.shape[0])
         top = np.argpartition(-scores, count - 1)[:count] if count else np.empty(0, np.intp)
         top = top[np.argsort(-scores[top], kind="stable")]
-        best = [(int(block.chunk_ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
+        best = [(int(chunk_ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
         extra: dict[int, float] = {}
         if also:
             wanted = np.asarray(also, dtype=np.int64)
-            positions = np.searchsorted(block.chunk_ids, wanted)
-            positions = np.minimum(positions, block.chunk_ids.shape[0] - 1)
+            positions = np.searchsorted(chunk_ids, wanted)
+            positions = np.minimum(positions, chunk_ids.shape[0] - 1)
             for chunk_id, position in zip(wanted, positions, strict=True):
-                if block.chunk_ids[position] == chunk_id and np.isfinite(scores[position]):
+                if chunk_ids[position] == chunk_id and np.isfinite(scores[position]):
                     extra[int(chunk_id)] = float(scores[position])
         return best, extra
+
+
+@dataclass(slots=True)
+class ChunkScores:
+    chunk_ids: npt.NDArray[np.int64]
+    """Sorted."""
+    scores: npt.NDArray[np.float32]
 
 
 def merge_dense(

@@ -19,6 +19,23 @@ thousand characters of keywords already match everything that will match."""
 MAX_TOKENS = 64
 """Distinct tokens kept: beyond this an OR query only costs time."""
 
+STOPWORDS = frozenset(
+    """
+    i me my myself we our ours ourselves you your yours yourself yourselves he him his
+    himself she her hers herself it its itself they them their theirs themselves what which
+    who whom this that these those am is are was were be been being have has had having do
+    does did doing a an the and but if or because as until while of at by for with about
+    against between into through during before after above below to from up down in out on
+    off over under again further then once here there when where why how all any both each
+    few more most other some such no nor not only own same so than too very s t can will
+    just don should now
+    """.split()
+)
+"""English stop words: Snowball's list, as PostgreSQL's `english` configuration drops them, so
+that both backends search the same words. In a question ("How do I ...?") they are most of
+the words, and BM25 gives those that are not in half the chunks (I, do, can, my) real weight:
+chunks full of them outranked chunks on the question's subject."""
+
 _UNSAFE = re.compile("[\x00\ud800-\udfff]")
 _TOKEN = re.compile(r"\w+")
 
@@ -42,7 +59,40 @@ def tokens(text: str) -> list[str]:
 
 def fts5_match(text: str) -> str | None:
     """An FTS5 MATCH expression for `text` (any of its tokens), or None when it has none."""
+    return fts5_terms(tokens(text))
+
+
+def content_tokens(text: str) -> list[str]:
+    """`tokens(text)` without English stop words, or all of them when they are all stop
+    words ("to be or not to be" still searches)."""
     words = tokens(text)
+    content = [word for word in words if word not in STOPWORDS]
+    return content or words
+
+
+def within_budget(frequencies: Sequence[int], budget: int) -> list[int]:
+    """Positions of the query tokens worth searching for, given how many chunks contain each
+    (`frequencies`, in query order): the rarest first while the sum stays within `budget`,
+    always at least the rarest one, in query order.
+
+    Ranking costs time in proportion to the matches, and a word found in most chunks (the,
+    how, do) multiplies them while its BM25 weight is near 0: leaving such words out bounds
+    the work and hardly moves the ranking. A token found nowhere costs nothing and is kept.
+    """
+    order = sorted(range(len(frequencies)), key=lambda i: (frequencies[i], i))
+    kept: list[int] = []
+    spent = 0
+    for position in order:
+        frequency = max(int(frequencies[position]), 0)
+        if kept and spent + frequency > budget:
+            break
+        kept.append(position)
+        spent += frequency
+    return sorted(kept)
+
+
+def fts5_terms(words: Sequence[str]) -> str | None:
+    """An FTS5 MATCH expression for any of `words` (tokens from `tokens`), None for none."""
     if not words:
         return None
     return " OR ".join('"' + word.replace('"', '""') + '"' for word in words)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,7 @@ from hal9100.retrieval.base import Chunk, Fenced, Hit, Query
 from hal9100.retrieval.fusion import (
     BM25_HALF,
     VectorMatrix,
+    bm25_half,
     candidate_depth,
     clamp_limit,
     fuse,
@@ -33,7 +35,13 @@ from hal9100.retrieval.fusion import (
     unit_vector,
     weights,
 )
-from hal9100.retrieval.keywords import clean_text, fts5_match, storable_ids
+from hal9100.retrieval.keywords import (
+    clean_text,
+    content_tokens,
+    fts5_terms,
+    storable_ids,
+    within_budget,
+)
 from hal9100.retrieval.rerank import Reranker, applies, finish, first_stage_limit
 
 T = TypeVar("T")
@@ -57,10 +65,14 @@ CREATE TABLE IF NOT EXISTS chunks (
     text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_file ON chunks (store, file);
+-- The keyword search checks each match's store and file here, not in the table's rows (which
+-- hold the text: reading them was most of a common-word search's time).
+CREATE INDEX IF NOT EXISTS chunks_owner ON chunks (id, store, file);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5 (
     text, content='chunks', content_rowid='id',
     tokenize='porter unicode61 remove_diacritics 2'
 );
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vocab USING fts5vocab (chunks_fts, 'row');
 CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN
     INSERT INTO chunks_fts (rowid, text) VALUES (new.id, new.text);
 END;
@@ -76,6 +88,20 @@ CREATE TABLE IF NOT EXISTS windows (
 CREATE INDEX IF NOT EXISTS windows_store ON windows (store, chunk_id);
 CREATE INDEX IF NOT EXISTS windows_file ON windows (store, file);
 """
+
+# The query's tokens as FTS5 indexes them (porter stems), to look their frequency up in
+# chunks_vocab: one row per token, in a table of this connection's own (temp).
+_TOKENIZER = "porter unicode61 remove_diacritics 2"
+_QUERY_SCHEMA = f"""
+CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_fts USING fts5 (text, tokenize='{_TOKENIZER}');
+CREATE VIRTUAL TABLE IF NOT EXISTS temp.query_vocab USING fts5vocab (temp, query_fts, 'instance');
+"""
+KEYWORD_POSTINGS = 10_000
+"""Most (chunk, term) matches one keyword search ranks, summed over its terms, before the
+most common terms are left out (`keywords.within_budget`); the rarest term always stays."""
+_STEMS_CACHED = 10_000
+FREQUENCY_SECONDS = 60.0
+"""How long a term's chunk count is used before it is counted again."""
 
 _BUMP = (
     "INSERT INTO stores (store, version) VALUES (?, 1) "
@@ -94,6 +120,9 @@ class SqliteChunkIndex:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-index")
         self._connection: sqlite3.Connection | None = None
         self._matrices: dict[str, VectorMatrix] = {}
+        self._stems: dict[str, tuple[str, ...]] = {}
+        self._counted: tuple[tuple[int, float], int] | None = None
+        self._frequencies: dict[str, tuple[int, float]] = {}
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -108,6 +137,7 @@ class SqliteChunkIndex:
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=30000")
             connection.executescript(_SCHEMA)
+            connection.executescript(_QUERY_SCHEMA)
             self._connection = connection
         return self._connection
 
@@ -215,15 +245,15 @@ class SqliteChunkIndex:
         _, text_weight = weights(
             query.embedding_weight, query.text_weight, query.vector is not None
         )
-        match = fts5_match(query.text) if text_weight > 0 else None
         db.execute("BEGIN")
         try:
+            match, half = self._match(db, query.text) if text_weight > 0 else (None, BM25_HALF)
             if match is not None:
                 keyword = [
-                    (chunk_id, saturate(-rank, BM25_HALF))
+                    (chunk_id, saturate(-rank, half))
                     for chunk_id, rank in db.execute(
                         "SELECT c.id, bm25(chunks_fts) AS r FROM chunks_fts "
-                        "JOIN chunks c ON c.id = chunks_fts.rowid "
+                        "JOIN chunks c INDEXED BY chunks_owner ON c.id = chunks_fts.rowid "
                         "WHERE chunks_fts MATCH ? "
                         "AND c.store IN (SELECT value FROM json_each(?)) "
                         "AND (? IS NULL OR c.file IN (SELECT value FROM json_each(?))) "
@@ -278,6 +308,63 @@ class SqliteChunkIndex:
             for f in fused
             if f.chunk_id in rows
         ]
+
+    def _match(self, db: sqlite3.Connection, text: str) -> tuple[str | None, float]:
+        """The MATCH expression for `text`: its tokens but stop words, the most common ones
+        left out when ranking all their matches would cost more than KEYWORD_POSTINGS; and
+        the bm25 that scores 0.5 for it (`fusion.bm25_half`)."""
+        words = content_tokens(text)
+        if not words:
+            return None, BM25_HALF
+        frequencies = []
+        now = time.monotonic()
+        for word in words:
+            terms = self._stem(db, word)
+            found = [f for f in (self._frequency(db, term, now) for term in terms) if f > 0]
+            # A token FTS5 reads as several terms is a phrase: it matches at most where its
+            # rarest term does (and nowhere if one of them is found nowhere).
+            frequencies.append(min(found) if len(found) == len(terms) and found else 0)
+        kept = within_budget(frequencies, KEYWORD_POSTINGS)
+        half = bm25_half((frequencies[i] for i in kept), self._rows(db))
+        return fts5_terms([words[i] for i in kept]), half
+
+    def _rows(self, db: sqlite3.Connection) -> int:
+        """How many chunks the FTS index holds (bm25's N), counted again only after a write
+        to any store (each write bumps its store's version; a drop deletes the row)."""
+        key = db.execute("SELECT count(*), total(version) FROM stores").fetchone()
+        stamp = (int(key[0]), float(key[1]))
+        if self._counted is None or self._counted[0] != stamp:
+            self._counted = (stamp, int(db.execute("SELECT count(*) FROM chunks").fetchone()[0]))
+        return self._counted[1]
+
+    def _frequency(self, db: sqlite3.Connection, term: str, now: float) -> int:
+        """How many chunks hold `term`, remembered for FREQUENCY_SECONDS: fts5vocab counts
+        them by reading the term's whole list (milliseconds for a common word in 100k
+        chunks), and the budget only needs the rough size."""
+        cached = self._frequencies.get(term)
+        if cached is not None and now - cached[1] < FREQUENCY_SECONDS:
+            return cached[0]
+        row = db.execute("SELECT doc FROM chunks_vocab WHERE term = ?", (term,)).fetchone()
+        frequency = 0 if row is None else int(row[0])
+        if len(self._frequencies) >= _STEMS_CACHED:
+            self._frequencies.clear()
+        self._frequencies[term] = (frequency, now)
+        return frequency
+
+    def _stem(self, db: sqlite3.Connection, word: str) -> tuple[str, ...]:
+        """The terms FTS5 indexes for `word` (stemmed, folded), from the query tokenizer."""
+        cached = self._stems.get(word)
+        if cached is not None:
+            return cached
+        db.execute("DELETE FROM temp.query_fts")
+        db.execute("INSERT INTO temp.query_fts (rowid, text) VALUES (1, ?)", (word,))
+        terms = tuple(
+            str(row[0]) for row in db.execute("SELECT term FROM temp.query_vocab ORDER BY offset")
+        )
+        if len(self._stems) >= _STEMS_CACHED:
+            self._stems.clear()
+        self._stems[word] = terms
+        return terms
 
     def _matrix(self, db: sqlite3.Connection, store: str) -> VectorMatrix:
         row = db.execute("SELECT version FROM stores WHERE store = ?", (store,)).fetchone()
