@@ -346,3 +346,27 @@ def test_hostile_helper_metadata(deployment: Deployment, metadata_value: str) ->
             store_id = answer.json()["tool_resources"]["file_search"]["vector_store_ids"][0]
             store = client.get(f"/v1/vector_stores/{store_id}").json()
             assert store["metadata"] == {"k": metadata_value}
+
+
+def test_concurrent_attachments_share_one_thread_store(sdk: openai.OpenAI) -> None:
+    """Messages attaching files to a thread at the same moment (across API processes in
+    production) all land in the one store the thread ends up with; the same file attached
+    twice at once is in it once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [_upload(sdk, f"Concurrent file number {i}.", f"c{i}.txt") for i in range(6)]
+    thread = sdk.beta.threads.create()
+
+    def attach(file_id: str) -> None:
+        sdk.beta.threads.messages.create(
+            thread.id,
+            role="user",
+            content="see the file",
+            attachments=[{"file_id": file_id, "tools": [{"type": "file_search"}]}],
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(attach, [*files, files[0], files[0]]))
+    store_id = _store_of(sdk.beta.threads.retrieve(thread.id).tool_resources)
+    assert _files(sdk, store_id) == set(files)
+    assert _ready(sdk, store_id).file_counts.total == len(files)

@@ -31,7 +31,7 @@ class AssistantCreate(RequestModel):
     top_p: TopP | None = None
     response_format: ResponseFormat | None = None
     # v1 only (`OpenAI-Beta: assistants=v1`): the files of the store the assistant owns.
-    file_ids: list[str] | None = Field(default=None, max_length=10_000)
+    file_ids: list[str] | None = Field(default=None, max_length=20)
 
     _v1_only = field_validator("file_ids")(v1_only)
 
@@ -49,7 +49,7 @@ class AssistantUpdate(RequestModel):
     top_p: TopP | None = None
     response_format: ResponseFormat | None = None
     # v1 only (`OpenAI-Beta: assistants=v1`): the files of the store the assistant owns.
-    file_ids: list[str] | None = Field(default=None, max_length=10_000)
+    file_ids: list[str] | None = Field(default=None, max_length=20)
 
     _v1_only = field_validator("file_ids")(v1_only)
 

@@ -115,6 +115,9 @@ async def add_to_thread_store(
 
     if not file_ids:
         return
+    # The thread's row is locked first (PostgreSQL; SQLite has one writer anyway): two
+    # messages attaching files at once would each make a store, and one would be lost.
+    await session.refresh(thread, ["tool_resources"], with_for_update=True)
     current = search_store_ids(thread.tool_resources)
     store = None
     if current:

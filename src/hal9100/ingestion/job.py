@@ -320,11 +320,8 @@ class Ingestor:
         async with self.sessions() as session:
             result = await session.execute(
                 update(VectorStoreFile)
-                .where(
-                    _row(attempt.store_id, attempt.file_id),
-                    VectorStoreFile.epoch == attempt.epoch,
-                    VectorStoreFile.status == "in_progress",
-                )
+                # Only while this worker still holds this attempt's lease.
+                .where(self._mine(attempt))
                 .values(
                     status=status,
                     last_error=error,

@@ -56,7 +56,7 @@ class MessageCreate(RequestModel):
     attachments: list[Attachment] | None = None
     metadata: Metadata = None
     # v1 only (`OpenAI-Beta: assistants=v1`): read as attachments for file_search.
-    file_ids: list[str] | None = Field(default=None, max_length=10_000)
+    file_ids: list[str] | None = Field(default=None, max_length=10)
 
     _v1_only = field_validator("file_ids")(v1_only)
 

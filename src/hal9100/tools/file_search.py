@@ -282,6 +282,7 @@ class FileSearchTool:
         until = ctx.run.created_at + THREAD_STORE_WAIT
         if ctx.deadline is not None:
             until = min(until, ctx.deadline)
+        poll = _WAIT_POLL
         while True:
             async with ctx.sessions() as session:
                 resources = await session.scalar(
@@ -296,6 +297,9 @@ class FileSearchTool:
                             select(func.count()).where(
                                 VectorStoreFile.vector_store_id.in_(store_ids),
                                 VectorStoreFile.status == "in_progress",
+                                # What was there when the run began: files another client
+                                # adds to a shared store meanwhile are not waited for.
+                                VectorStoreFile.created_at <= ctx.run.created_at,
                             )
                         )
                         or 0
@@ -303,7 +307,9 @@ class FileSearchTool:
                 await session.commit()
             if not pending or time.time() >= until:
                 return
-            await asyncio.sleep(_WAIT_POLL)
+            await asyncio.sleep(poll)
+            # Backing off: a long ingestion is not polled four times a second for a minute.
+            poll = min(poll * 1.5, 2.0)
 
     @staticmethod
     async def _store_ids(ctx: ToolContext) -> list[str]:

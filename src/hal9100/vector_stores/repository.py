@@ -85,6 +85,19 @@ class StoreFileRepository:
             VectorStoreFile.vector_store_id == self.store_id, VectorStoreFile.status != DELETED
         )
 
+    async def by_ids_with_deleted(self, file_ids: Sequence[str]) -> dict[str, VectorStoreFile]:
+        found: dict[str, VectorStoreFile] = {}
+        # In slices: a batch of 2,000 ids stays well inside every driver's parameter limit.
+        for start in range(0, len(file_ids), 500):
+            rows = await self.session.scalars(
+                select(VectorStoreFile).where(
+                    VectorStoreFile.vector_store_id == self.store_id,
+                    VectorStoreFile.id.in_(list(file_ids[start : start + 500])),
+                )
+            )
+            found.update((row.id, row) for row in rows)
+        return found
+
     async def get_with_deleted(self, file_id: str) -> VectorStoreFile | None:
         found: VectorStoreFile | None = (
             await self.session.scalars(

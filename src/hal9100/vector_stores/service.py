@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import TypeAdapter
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from hal9100.core import ids
 from hal9100.core.clock import now
@@ -47,6 +49,8 @@ from hal9100.vector_stores.schemas import (
     chunking_json,
 )
 from hal9100.vector_stores.search import rewrite
+
+log = logging.getLogger(__name__)
 
 
 def store_object(row: VectorStore, counts: FileCounts, usage_bytes: int) -> VectorStoreObject:
@@ -123,28 +127,56 @@ async def attach(
     """Put a file in a store (not committed). A file already there is ingested again with
     the new settings; one being ingested now takes the new attributes, and starts over only
     if its chunking changes. Returns the row and whether it needs a task."""
-    return await _attach(
+    (row, needed), *_ = await attach_many(
         session,
         store_id,
-        file_id,
-        strategy,
-        attributes,
+        [(file_id, strategy, attributes)],
         batch_id,
         time.time() + runtime.settings.lease_seconds,
     )
+    return row, needed
 
 
-async def _attach(
+Item = tuple[str, "ChunkingStrategy | None", "dict[str, Any] | None"]
+
+
+async def attach_many(
     session: Any,
     store_id: str,
+    items: Sequence[Item],
+    batch_id: str | None,
+    dispatch: float,
+    *,
+    keep_existing: bool = False,
+) -> list[tuple[VectorStoreFile, bool]]:
+    """`attach` for many files (distinct ids) in one query. `keep_existing`: files already
+    in the store (not taken out) are left as they are, settings and all: what a message's
+    attachment of a file its thread's store holds already means."""
+    rows = await StoreFileRepository(session, store_id).by_ids_with_deleted(
+        [file_id for file_id, _, _ in items]
+    )
+    out = []
+    for file_id, strategy, attributes in items:
+        row = rows.get(file_id)
+        if keep_existing and row is not None and row.status != DELETED:
+            out.append((row, False))
+            continue
+        out.append(
+            _attach(session, store_id, row, file_id, strategy, attributes, batch_id, dispatch)
+        )
+    return out
+
+
+def _attach(
+    session: Any,
+    store_id: str,
+    row: VectorStoreFile | None,
     file_id: str,
     strategy: ChunkingStrategy | None,
     attributes: dict[str, Any] | None,
     batch_id: str | None,
     dispatch: float,
 ) -> tuple[VectorStoreFile, bool]:
-    repo = StoreFileRepository(session, store_id)
-    row = await repo.get_with_deleted(file_id)
     chunking = chunking_json(strategy)
     if row is not None and row.status == "in_progress":
         if batch_id is not None:
@@ -152,14 +184,16 @@ async def _attach(
         row.attributes = attributes
         if row.chunking_strategy == chunking:
             return row, False
-        # Other chunk sizes: the attempt under way is fenced off (its epoch is no longer the
-        # row's) and the file starts over.
-        row.epoch += 1
     if row is None:
         row = VectorStoreFile(id=file_id, vector_store_id=store_id, epoch=0)
         session.add(row)
+    else:
+        # Every restart fences off whatever attempt came before (one under way with other
+        # chunk sizes, or a stale one of a file taken out and put back): its epoch is no
+        # longer the row's. In SQL, so that a claim at the same moment is counted too.
+        row.epoch = VectorStoreFile.epoch + 1
     # A file put back after it was taken out counts as new (OpenAI's `created_at`).
-    if row.status in ("deleted", None) or row.created_at is None:
+    if row.status in (DELETED, None) or row.created_at is None:
         row.created_at = now()
     row.attempts = 0
     row.status = "in_progress"
@@ -194,11 +228,14 @@ async def create(runtime: Runtime, session: Any, body: VectorStoreCreate) -> Vec
     session.add(row)
     # The store exists before its files point at it (PostgreSQL checks the foreign key).
     await session.flush()
-    todo = []
-    for file_id in dict.fromkeys(body.file_ids):
-        _, needed = await attach(session, runtime, row.id, file_id, body.chunking_strategy, None)
-        if needed:
-            todo.append(file_id)
+    attached = await attach_many(
+        session,
+        row.id,
+        [(f, body.chunking_strategy, None) for f in dict.fromkeys(body.file_ids)],
+        None,
+        time.time() + runtime.settings.lease_seconds,
+    )
+    todo = [r.id for r, needed in attached if needed]
     await session.commit()
     await _enqueue(runtime, row.id, todo)
     return await _store_object(session, row)
@@ -248,10 +285,19 @@ async def create_file(
 ) -> VectorStoreFileObject:
     await VectorStoreRepository(session).get_or_404(store_id)
     await check_file_ids(session, [body.file_id], "file_id")
-    row, needed = await attach(
-        session, runtime, store_id, body.file_id, body.chunking_strategy, body.attributes
-    )
-    await session.commit()
+    for attempt in range(2):
+        row, needed = await attach(
+            session, runtime, store_id, body.file_id, body.chunking_strategy, body.attributes
+        )
+        try:
+            await session.commit()
+            break
+        except IntegrityError:
+            # The same file put in the same store by another request at the same moment:
+            # once its row is there, this is an update of it.
+            await session.rollback()
+            if attempt:
+                raise
     if needed:
         await _enqueue(runtime, store_id, [body.file_id])
     return file_object(row)
@@ -352,22 +398,31 @@ async def create_batch(
         file_ids = body.file_ids or []
         await check_file_ids(session, file_ids, "file_ids")
         items = [(f, body.chunking_strategy, body.attributes) for f in file_ids]
-    batch = VectorStoreFileBatch(
-        id=ids.file_batch_id(), vector_store_id=store_id, created_at=now(), cancelled=False
-    )
-    session.add(batch)
-    todo = []
-    seen: set[str] = set()
-    for file_id, strategy, attributes in items:
-        if file_id in seen:
-            continue
-        seen.add(file_id)
-        _, needed = await attach(
-            session, runtime, store_id, file_id, strategy, attributes, batch_id=batch.id
+    # A file named twice counts once, with its first settings.
+    unique: dict[str, Item] = {}
+    for item in items:
+        unique.setdefault(item[0], item)
+    for attempt in range(2):
+        batch = VectorStoreFileBatch(
+            id=ids.file_batch_id(), vector_store_id=store_id, created_at=now(), cancelled=False
         )
-        if needed:
-            todo.append(file_id)
-    await session.commit()
+        session.add(batch)
+        attached = await attach_many(
+            session,
+            store_id,
+            list(unique.values()),
+            batch.id,
+            time.time() + runtime.settings.lease_seconds,
+        )
+        todo = [r.id for r, needed in attached if needed]
+        try:
+            await session.commit()
+            break
+        except IntegrityError:
+            # Another request put one of these files in the store at the same moment.
+            await session.rollback()
+            if attempt:
+                raise
     await _enqueue(runtime, store_id, todo)
     return batch_object(batch, await StoreFileRepository(session, store_id).batch_counts(batch.id))
 
@@ -500,16 +555,21 @@ async def add_files(
     file_ids: Sequence[str],
     chunking_strategy: Any = None,
 ) -> None:
-    """Put files (already checked) in a store, uncommitted; `commit` queues them."""
+    """Put files (already checked) in a store, uncommitted; `commit` queues them. Files the
+    store holds already stay as they are (not ingested again)."""
     strategy = (
         _STRATEGY.validate_python(dump_json(chunking_strategy)) if chunking_strategy else None
     )
-    deadline = _deadline(runtime)
     queue = _later(session, _TO_QUEUE)
-    for file_id in dict.fromkeys(file_ids):
-        _, needed = await _attach(session, store_id, file_id, strategy, None, None, deadline)
-        if needed:
-            queue.append((store_id, file_id))
+    attached = await attach_many(
+        session,
+        store_id,
+        [(file_id, strategy, None) for file_id in dict.fromkeys(file_ids)],
+        None,
+        _deadline(runtime),
+        keep_existing=True,
+    )
+    queue.extend((store_id, row.id) for row, needed in attached if needed)
 
 
 async def remove_files(session: Any, store_id: str, file_ids: Sequence[str]) -> None:
@@ -558,13 +618,18 @@ async def commit(session: Any, runtime: Runtime) -> None:
     await session.commit()
     queued = session.info.pop(_TO_QUEUE, [])
     dropped = session.info.pop(_TO_DROP, [])
-    for store_id, file_id in dropped:
-        if file_id is None:
-            await runtime.index.drop_store(store_id)
-        else:
-            await runtime.index.drop_file(store_id, file_id)
     for store_id, file_id in queued:
         await runtime.queue.enqueue(INGEST_FILE, ingest_key(store_id, file_id))
+    # The write is done: a failing drop must not answer it with an error (a client would
+    # retry it). Chunks left behind belong to no store's files, so no search reaches them.
+    for store_id, file_id in dropped:
+        try:
+            if file_id is None:
+                await runtime.index.drop_store(store_id)
+            else:
+                await runtime.index.drop_file(store_id, file_id)
+        except Exception:
+            log.exception("dropping the chunks of %s/%s failed", store_id, file_id)
 
 
 def forget_pending(session: Any) -> None:

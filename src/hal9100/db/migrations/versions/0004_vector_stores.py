@@ -57,7 +57,6 @@ def upgrade() -> None:
         sa.Column("lease_owner", sa.String(128), nullable=True),
         sa.Column("lease_expires_at", sa.Float(), nullable=True),
         sa.Column("epoch", sa.Integer(), nullable=False),
-        sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
         sa.ForeignKeyConstraint(
             ["vector_store_id"],
             ["vector_stores.id"],
