@@ -88,9 +88,7 @@ def deploy(
                 # Debian's PostgreSQL has no pgvector: `pgvector=True` puts the deployment on
                 # pgserver's PostgreSQL 16 with it (tests/pgvector.py).
                 admin = pgvector_admin_url() if pgvector else None
-                started[key] = start_production(
-                    env, data_dir, moto=moto_server, admin_url=admin
-                )
+                started[key] = start_production(env, data_dir, moto=moto_server, admin_url=admin)
             else:
                 started[key] = start_embedded(env, data_dir)
         return started[key]
