@@ -309,6 +309,24 @@ async def test_fencing(index: ChunkIndex) -> None:
     assert await index.search(Query([store], "began", None, limit=10)) == []
 
 
+async def test_abandon_drops_only_the_current_attempts_chunks(index: ChunkIndex) -> None:
+    store = _store()
+    await _filled(index, store, "file-a", ["alpha beta gamma"])
+    # A later attempt has begun and written: an older one giving up leaves its chunks.
+    await index.begin_file(store, "file-a", 2)
+    await index.add(store, "file-a", 2, _chunks(["fresh words"]))
+    await index.abandon(store, "file-a", 1)
+    hits = await index.search(Query([store], "fresh", None, limit=10))
+    assert [h.text for h in hits] == ["fresh words"]
+    # The current attempt giving up drops what it wrote, and is fenced from then on.
+    await index.abandon(store, "file-a", 2)
+    assert await index.search(Query([store], "fresh alpha", None, limit=10)) == []
+    with pytest.raises(Fenced):
+        await index.add(store, "file-a", 2, _chunks(["late write"]))
+    # A file with no attempt on record: nothing to drop, nothing raised.
+    await index.abandon(store, "file-z", 1)
+
+
 async def test_drop_file_and_store(index: ChunkIndex) -> None:
     store = _store()
     await _filled(index, store, "file-a", DOCS[:3])

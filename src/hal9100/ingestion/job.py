@@ -345,14 +345,9 @@ class Ingestor:
 
     async def _dropped(self, attempt: _Attempt) -> None:
         """Drop what this attempt wrote, unless a later attempt has begun (it owns the
-        file's chunks now, whatever its status: it may have completed already)."""
-        async with self.sessions() as session:
-            current = await session.scalar(
-                select(VectorStoreFile.epoch).where(_row(attempt.store_id, attempt.file_id))
-            )
-            await session.commit()
-        if current is None or current == attempt.epoch:
-            await self.index.drop_file(attempt.store_id, attempt.file_id)
+        file's chunks now, whatever its status: it may have completed already). The index
+        decides, in one transaction with the later attempt's `begin_file`."""
+        await self.index.abandon(attempt.store_id, attempt.file_id, attempt.epoch)
 
     async def _release(self, attempt: _Attempt) -> None:
         async with self.sessions() as session:

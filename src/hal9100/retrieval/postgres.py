@@ -347,6 +347,29 @@ class PostgresChunkIndex:
             )
             await self._delete_file(conn, vector_store_id, file_id)
 
+    async def abandon(self, vector_store_id: str, file_id: str, attempt: int) -> None:
+        async with self._engine.begin() as conn:
+            # The file's attempt row, taken (or made) and locked unless a later attempt has
+            # begun: a `begin_file` of a later attempt waits for this transaction.
+            mine = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO chunk_index_files (vector_store_id, file_id, attempt) "
+                        "VALUES (:s, :f, :a) ON CONFLICT (vector_store_id, file_id) "
+                        "DO UPDATE SET attempt = excluded.attempt "
+                        "WHERE chunk_index_files.attempt <= excluded.attempt RETURNING attempt"
+                    ),
+                    {"s": vector_store_id, "f": file_id, "a": attempt},
+                )
+            ).first()
+            if mine is None:
+                return
+            await conn.execute(
+                text("DELETE FROM chunk_index_files WHERE vector_store_id = :s AND file_id = :f"),
+                {"s": vector_store_id, "f": file_id},
+            )
+            await self._delete_file(conn, vector_store_id, file_id)
+
     async def _delete_file(self, conn: AsyncConnection, store: str, file: str) -> None:
         await conn.execute(_DELETE_WINDOWS, {"s": store, "f": file})
         await conn.execute(_DELETE_CHUNKS, {"s": store, "f": file})

@@ -214,6 +214,20 @@ class SqliteChunkIndex:
 
         await self._call(self._write, run)
 
+    async def abandon(self, vector_store_id: str, file_id: str, attempt: int) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            row = db.execute(
+                "SELECT attempt FROM files WHERE store = ? AND file = ?",
+                (vector_store_id, file_id),
+            ).fetchone()
+            if row is not None and row[0] > attempt:
+                return
+            db.execute("DELETE FROM files WHERE store = ? AND file = ?", (vector_store_id, file_id))
+            _delete_file_rows(db, vector_store_id, file_id)
+            db.execute(_BUMP, (vector_store_id,))
+
+        await self._call(self._write, run)
+
     async def drop_store(self, vector_store_id: str) -> None:
         def run(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM files WHERE store = ?", (vector_store_id,))
