@@ -605,3 +605,25 @@ def test_bm25_half() -> None:
     assert one == pytest.approx(BM25_IDF_SCALE * math.log((1000 - 10 + 0.5) / 10.5))
     # A word in most chunks adds (almost) nothing, as in FTS5's bm25.
     assert bm25_half([10, 900], 1000) == pytest.approx(one + BM25_IDF_SCALE * 1e-6)
+
+
+def test_matrix_cache_drops_the_least_recently_searched() -> None:
+    from hal9100.retrieval.fusion import MatrixCache, VectorMatrix
+
+    def matrix(version: int) -> VectorMatrix:
+        rows = [(i, "file", np.ones(16, dtype=np.float32).tobytes()) for i in range(10)]
+        return VectorMatrix.build(version, rows)
+
+    size = matrix(1).nbytes
+    cache = MatrixCache(max_bytes=2 * size)
+    cache.put("a", matrix(1))
+    cache.put("b", matrix(1))
+    assert cache.get("a", 1) is not None  # a is now the most recent
+    cache.put("c", matrix(1))
+    assert cache.get("b", 1) is None
+    assert cache.get("a", 1) is not None and cache.get("c", 1) is not None
+    # A newer version is a miss, and one store alone over the budget is still kept.
+    assert cache.get("a", 2) is None
+    tiny = MatrixCache(max_bytes=1)
+    tiny.put("big", matrix(1))
+    assert tiny.get("big", 1) is not None

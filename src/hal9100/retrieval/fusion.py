@@ -198,6 +198,44 @@ class _Block:
     chunk_files: npt.NDArray[np.int32]
 
 
+# What the cached matrices of one process may hold in all: the least recently searched
+# stores are dropped past it (and rebuilt from the stored rows when searched again).
+CACHE_BYTES = 512 * 1024 * 1024
+
+
+class MatrixCache:
+    """The stores' matrices of one process, least recently used dropped first past
+    `max_bytes`: stores made per thread come and go, and nothing else would ever free
+    theirs."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._items: dict[str, VectorMatrix] = {}
+
+    def get(self, store: str, version: int) -> VectorMatrix | None:
+        found = self._items.get(store)
+        if found is None or found.version != version:
+            return None
+        # Most recent last: dicts keep insertion order.
+        self._items[store] = self._items.pop(store)
+        return found
+
+    def put(self, store: str, matrix: VectorMatrix) -> None:
+        self._items.pop(store, None)
+        self._items[store] = matrix
+        total = sum(m.nbytes for m in self._items.values())
+        for oldest in list(self._items):
+            if total <= self.max_bytes or oldest == store:
+                break
+            total -= self._items.pop(oldest).nbytes
+
+    def pop(self, store: str) -> None:
+        self._items.pop(store, None)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
 @dataclass(slots=True)
 class VectorMatrix:
     """A vector store's windows in memory, for exact cosine search (dot products of unit
@@ -207,6 +245,17 @@ class VectorMatrix:
     version: int
     files: dict[str, int]
     blocks: dict[int, _Block]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            b.matrix.nbytes
+            + b.row_vectors.nbytes
+            + b.starts.nbytes
+            + b.chunk_ids.nbytes
+            + b.chunk_files.nbytes
+            for b in self.blocks.values()
+        )
 
     @classmethod
     def build(cls, version: int, rows: Iterable[tuple[int, str, bytes]]) -> VectorMatrix:

@@ -51,6 +51,7 @@ from hal9100.retrieval.fusion import (
     BM25_IDF_SCALE,
     ChunkScores,
     FloatArray,
+    MatrixCache,
     VectorMatrix,
     candidate_depth,
     clamp_limit,
@@ -208,7 +209,7 @@ class PostgresChunkIndex:
         self._layout: Layout | None = None
         self._hnsw: frozenset[int] = frozenset()
         self._stats: _LexemeStats | None = None
-        self._matrices: dict[str, VectorMatrix] = {}
+        self._matrices = MatrixCache()
         self._loading: dict[str, asyncio.Lock] = {}
 
     async def layout(self) -> Layout:
@@ -382,7 +383,7 @@ class PostgresChunkIndex:
                     text(f"DELETE FROM chunk_index_{table} WHERE vector_store_id = :s"),
                     {"s": vector_store_id},
                 )
-        self._matrices.pop(vector_store_id, None)
+        self._matrices.pop(vector_store_id)
 
     # --- search ---------------------------------------------------------------------------
 
@@ -591,12 +592,12 @@ class PostgresChunkIndex:
         return await asyncio.to_thread(lambda: [m.score(vector, wanted) for m in matrices])
 
     async def _matrix(self, conn: AsyncConnection, store: str, version: int) -> VectorMatrix:
-        cached = self._matrices.get(store)
-        if cached is not None and cached.version == version:
+        cached = self._matrices.get(store, version)
+        if cached is not None:
             return cached
         async with self._loading.setdefault(store, asyncio.Lock()):
-            cached = self._matrices.get(store)
-            if cached is not None and cached.version == version:
+            cached = self._matrices.get(store, version)
+            if cached is not None:
                 return cached
             # Rows read after the version: a write in between leaves newer rows under the
             # older version, so the next search reloads; never the other way round.
@@ -607,9 +608,14 @@ class PostgresChunkIndex:
                 ),
                 {"s": store},
             )
-            listed = [(int(row[0]), str(row[1]), bytes(row[2])) for row in rows]
-            matrix = await asyncio.to_thread(VectorMatrix.build, version, listed)
-            self._matrices[store] = matrix
+            fetched = rows.all()
+            # Converting a large store's rows takes long enough to stall the loop: a thread.
+            matrix = await asyncio.to_thread(
+                lambda: VectorMatrix.build(
+                    version, ((int(r[0]), str(r[1]), bytes(r[2])) for r in fetched)
+                )
+            )
+            self._matrices.put(store, matrix)
             return matrix
 
     # --- lifecycle ------------------------------------------------------------------------

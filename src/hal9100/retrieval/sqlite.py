@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from hal9100.retrieval.base import Chunk, Fenced, Hit, Query
 from hal9100.retrieval.fusion import (
     BM25_HALF,
+    MatrixCache,
     VectorMatrix,
     bm25_half,
     candidate_depth,
@@ -119,7 +120,7 @@ class SqliteChunkIndex:
         # serialises the writes.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-index")
         self._connection: sqlite3.Connection | None = None
-        self._matrices: dict[str, VectorMatrix] = {}
+        self._matrices = MatrixCache()
         self._stems: dict[str, tuple[str, ...]] = {}
         self._counted: tuple[tuple[int, float], int] | None = None
         self._frequencies: dict[str, tuple[int, float]] = {}
@@ -234,7 +235,7 @@ class SqliteChunkIndex:
             db.execute("DELETE FROM windows WHERE store = ?", (vector_store_id,))
             db.execute("DELETE FROM chunks WHERE store = ?", (vector_store_id,))
             db.execute("DELETE FROM stores WHERE store = ?", (vector_store_id,))
-            self._matrices.pop(vector_store_id, None)
+            self._matrices.pop(vector_store_id)
 
         await self._call(self._write, run)
 
@@ -383,8 +384,8 @@ class SqliteChunkIndex:
     def _matrix(self, db: sqlite3.Connection, store: str) -> VectorMatrix:
         row = db.execute("SELECT version FROM stores WHERE store = ?", (store,)).fetchone()
         version = 0 if row is None else int(row[0])
-        cached = self._matrices.get(store)
-        if cached is not None and cached.version == version:
+        cached = self._matrices.get(store, version)
+        if cached is not None:
             return cached
         matrix = VectorMatrix.build(
             version,
@@ -393,7 +394,7 @@ class SqliteChunkIndex:
                 (store,),
             ),
         )
-        self._matrices[store] = matrix
+        self._matrices.put(store, matrix)
         return matrix
 
     # --- lifecycle ------------------------------------------------------------------------
