@@ -546,3 +546,21 @@ def test_files_upload_and_poll(client: openai.OpenAI) -> None:
     assert done.status == "completed" and done.attributes == {"kind": "notes"}
     page = client.vector_stores.search(store.id, query="otter")
     assert [r.file_id for r in page.data] == [done.id]
+
+
+def test_remote_embedding_server(mode: str, deploy, scripted_llm) -> None:  # type: ignore[no-untyped-def]
+    """HAL9100_EMBEDDING_URL: vectors come from an OpenAI-compatible /v1/embeddings server
+    (the scripted one here), named in the start-up line; ingestion and search use it."""
+    from conftest import make_client
+
+    deployment = deploy(
+        HAL9100_EMBEDDING_URL=scripted_llm.base_url, HAL9100_EMBEDDING_MODEL="scripted-embed"
+    )
+    assert "embeddings=scripted-embed at" in _whole_log(deployment)
+    client = make_client(deployment.urls)
+    ids = {name: upload(client, name, text) for name, text in DOCS.items()}
+    store = client.vector_stores.create(name="remote", file_ids=list(ids.values()))
+    assert wait_store(client, store.id).file_counts.completed == 3
+    page = client.vector_stores.search(store.id, query="Which volcano is in Sicily?")
+    assert page.data and page.data[0].file_id == ids["volcano.md"]
+    client.close()
