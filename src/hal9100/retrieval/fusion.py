@@ -48,9 +48,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from hal9100.retrieval.base import Hit
 
 RRF_K = 60
 MAX_LIMIT = 50
@@ -196,6 +199,23 @@ class _Block:
     """First window row of each chunk (rows are grouped by chunk) for the per-chunk maximum."""
     chunk_ids: npt.NDArray[np.int64]
     chunk_files: npt.NDArray[np.int32]
+
+
+def hits_of(fused: Sequence[Fused], rows: Mapping[int, Sequence[Any]]) -> list[Hit]:
+    """The fused chunks as hits, from their rows (store, file, index, text) by chunk id; a
+    chunk deleted between the candidate queries and the read of its row is left out."""
+    return [
+        Hit(
+            vector_store_id=rows[f.chunk_id][0],
+            file_id=rows[f.chunk_id][1],
+            index=rows[f.chunk_id][2],
+            text=rows[f.chunk_id][3],
+            score=f.score,
+            details=f.details,
+        )
+        for f in fused
+        if f.chunk_id in rows
+    ]
 
 
 # What the cached matrices of one process may hold in all: the least recently searched

@@ -56,6 +56,7 @@ from hal9100.retrieval.fusion import (
     candidate_depth,
     clamp_limit,
     fuse,
+    hits_of,
     merge_dense,
     saturate,
     unit_vector,
@@ -86,6 +87,14 @@ STATS_SECONDS = 60.0
 WINDOWS_PER_CHUNK = 4
 """Windows fetched per wanted chunk before keeping each chunk's best (pgvector)."""
 
+# The file's attempt row set to `:a` and locked, unless a later attempt has begun (then no
+# row comes back): what `begin_file` and `abandon` start from.
+_TAKE_ATTEMPT = text(
+    "INSERT INTO chunk_index_files (vector_store_id, file_id, attempt) "
+    "VALUES (:s, :f, :a) ON CONFLICT (vector_store_id, file_id) "
+    "DO UPDATE SET attempt = excluded.attempt "
+    "WHERE chunk_index_files.attempt <= excluded.attempt RETURNING attempt"
+)
 _BUMP = text(
     "INSERT INTO chunk_index_stores (vector_store_id, version) VALUES (:s, 1) "
     "ON CONFLICT (vector_store_id) DO UPDATE SET version = chunk_index_stores.version + 1"
@@ -252,12 +261,7 @@ class PostgresChunkIndex:
         async with self._engine.begin() as conn:
             taken = (
                 await conn.execute(
-                    text(
-                        "INSERT INTO chunk_index_files (vector_store_id, file_id, attempt) "
-                        "VALUES (:s, :f, :a) ON CONFLICT (vector_store_id, file_id) "
-                        "DO UPDATE SET attempt = excluded.attempt "
-                        "WHERE chunk_index_files.attempt <= excluded.attempt RETURNING attempt"
-                    ),
+                    _TAKE_ATTEMPT,
                     {"s": vector_store_id, "f": file_id, "a": attempt},
                 )
             ).first()
@@ -354,12 +358,7 @@ class PostgresChunkIndex:
             # begun: a `begin_file` of a later attempt waits for this transaction.
             mine = (
                 await conn.execute(
-                    text(
-                        "INSERT INTO chunk_index_files (vector_store_id, file_id, attempt) "
-                        "VALUES (:s, :f, :a) ON CONFLICT (vector_store_id, file_id) "
-                        "DO UPDATE SET attempt = excluded.attempt "
-                        "WHERE chunk_index_files.attempt <= excluded.attempt RETURNING attempt"
-                    ),
+                    _TAKE_ATTEMPT,
                     {"s": vector_store_id, "f": file_id, "a": attempt},
                 )
             ).first()
@@ -456,20 +455,7 @@ class PostgresChunkIndex:
                 )
             }
             await conn.rollback()
-        hits = [
-            Hit(
-                vector_store_id=rows[f.chunk_id][0],
-                file_id=rows[f.chunk_id][1],
-                index=rows[f.chunk_id][2],
-                text=rows[f.chunk_id][3],
-                score=f.score,
-                details=f.details,
-            )
-            for f in fused
-            # A chunk deleted between the candidate queries and this one is left out.
-            if f.chunk_id in rows
-        ]
-        return await finish(hits, query, limit, self._reranker)
+        return await finish(hits_of(fused, rows), query, limit, self._reranker)
 
     async def _keyword(
         self, conn: AsyncConnection, query_text: str, filters: dict[str, Any], depth: int

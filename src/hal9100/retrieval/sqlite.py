@@ -31,6 +31,7 @@ from hal9100.retrieval.fusion import (
     candidate_depth,
     clamp_limit,
     fuse,
+    hits_of,
     merge_dense,
     saturate,
     unit_vector,
@@ -311,18 +312,7 @@ class SqliteChunkIndex:
             }
         finally:
             db.execute("COMMIT")
-        return [
-            Hit(
-                vector_store_id=rows[f.chunk_id][0],
-                file_id=rows[f.chunk_id][1],
-                index=rows[f.chunk_id][2],
-                text=rows[f.chunk_id][3],
-                score=f.score,
-                details=f.details,
-            )
-            for f in fused
-            if f.chunk_id in rows
-        ]
+        return hits_of(fused, rows)
 
     def _match(self, db: sqlite3.Connection, text: str) -> tuple[str | None, float]:
         """The MATCH expression for `text`: its tokens but stop words, the most common ones
