@@ -391,7 +391,37 @@ def test_production_on_pgvector(mode: str, deploy) -> None:  # type: ignore[no-u
     assert asyncio.run(layout()).startswith("vector")
 
 
-def _office_docs(word: str) -> dict[str, bytes]:
+# One subject per file type, each searched for by name: every file must be found.
+SUBJECTS = {
+    "txt": "saffron",
+    "md": "glacier",
+    "json": "violin",
+    "html": "lighthouse",
+    "css": "volcano",
+    "tex": "penguin",
+    "sh": "cathedral",
+    "c": "submarine",
+    "cpp": "orchard",
+    "cs": "telescope",
+    "go": "avalanche",
+    "java": "harpsichord",
+    "js": "kangaroo",
+    "ts": "porcelain",
+    "php": "hurricane",
+    "py": "waterfall",
+    "rb": "chameleon",
+    "docx": "lantern",
+    "pptx": "meteorite",
+    "pdf": "tapestry",
+}
+
+
+def _subject_text(ext: str) -> str:
+    subject = SUBJECTS[ext]
+    return f"Notes on the {subject}: everything we know about the {subject}."
+
+
+def _office_docs() -> dict[str, bytes]:
     import docx
     import pptx
     from pptx.util import Inches
@@ -399,19 +429,19 @@ def _office_docs(word: str) -> dict[str, bytes]:
     from test_ingestion_units import make_pdf
 
     document = docx.Document()
-    document.add_paragraph(f"The docx mentions {word}docxq in a paragraph.")
+    document.add_paragraph(_subject_text("docx"))
     docx_bytes = io.BytesIO()
     document.save(docx_bytes)
     deck = pptx.Presentation()
     slide = deck.slides.add_slide(deck.slide_layouts[6])
     box = slide.shapes.add_textbox(Inches(1), Inches(1), Inches(4), Inches(1))
-    box.text_frame.text = f"The slide mentions {word}pptxq"
+    box.text_frame.text = _subject_text("pptx")
     pptx_bytes = io.BytesIO()
     deck.save(pptx_bytes)
     return {
         "doc.docx": docx_bytes.getvalue(),
         "deck.pptx": pptx_bytes.getvalue(),
-        "paper.pdf": make_pdf(["A first page.", f"The second page mentions {word}pdfq."]),
+        "paper.pdf": make_pdf(["A first page.", _subject_text("pdf")]),
     }
 
 
@@ -420,9 +450,8 @@ TEXT_TYPES += ["js", "ts", "php", "py", "rb"]
 
 
 def test_every_listed_type_is_ingested_and_found(client: openai.OpenAI) -> None:
-    word = "zqx" + str(time.monotonic_ns())[-6:]
-    files = {f"file.{ext}": f"// {word}{ext}q lives here\n".encode() for ext in TEXT_TYPES}
-    files.update(_office_docs(word))
+    files = {f"file.{ext}": f"// {_subject_text(ext)}\n".encode() for ext in TEXT_TYPES}
+    files.update(_office_docs())
     store = client.vector_stores.create(name="every type")
     batch = client.vector_stores.file_batches.upload_and_poll(
         store.id, files=[(name, io.BytesIO(data)) for name, data in files.items()]
@@ -435,9 +464,7 @@ def test_every_listed_type_is_ingested_and_found(client: openai.OpenAI) -> None:
         for f in client.vector_stores.files.list(store.id)
     }
     for name in files:
-        suffix = name.rsplit(".", 1)[1]
-        # `q` ends each word: a stemmer takes `cs` for the plural of `c`.
-        page = client.vector_stores.search(store.id, query=f"{word}{suffix}q")
+        page = client.vector_stores.search(store.id, query=SUBJECTS[name.rsplit(".", 1)[1]])
         assert page.data, name
         assert names[page.data[0].file_id] == name, (name, page.data[0])
 

@@ -103,6 +103,7 @@ class PlannedChunk:
 class Plan:
     chunks: list[PlannedChunk]
     windows: list[str]  # texts to embed, each once
+    tokens: int = 0  # the whole document's
 
 
 def _spans(
@@ -201,4 +202,5 @@ def plan(
             for span, members in zip(chunk_spans, chosen, strict=True)
         ],
         windows=[text(window_spans[w]) for w in used],
+        tokens=total,
     )

@@ -32,6 +32,7 @@ from hal9100.ingestion.parsers import InvalidFile, UnsupportedFile, iter_pages
 from hal9100.queue.base import INGEST_FILE, TaskQueue, ingest_key, split_ingest_key
 from hal9100.retrieval.base import Chunk, ChunkIndex, Fenced
 from hal9100.storage.base import ObjectStorage
+from hal9100.vector_stores.schemas import AUTO_MAX_TOKENS, AUTO_OVERLAP_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,8 @@ class Ingestor:
         if source.bytes > self.settings.max_upload_bytes:
             raise Failed("invalid_file", "The file is larger than this server ingests.")
         static = row.chunking_strategy.get("static", {})
-        max_tokens = int(static.get("max_chunk_size_tokens", 800))
-        overlap = int(static.get("chunk_overlap_tokens", 400))
+        max_tokens = int(static.get("max_chunk_size_tokens", AUTO_MAX_TOKENS))
+        overlap = int(static.get("chunk_overlap_tokens", AUTO_OVERLAP_TOKENS))
 
         await self.index.begin_file(attempt.store_id, attempt.file_id, attempt.epoch)
         data = bytearray()
@@ -246,14 +247,13 @@ class Ingestor:
                 last_check = time.monotonic()
         parsed = time.perf_counter()
 
+        plan = await asyncio.to_thread(chunking.plan, pages, max_tokens, overlap)
         limit = self.settings.vector_store_max_file_tokens
-        tokens = await asyncio.to_thread(chunking.count_tokens, "\n\n".join(pages))
-        if tokens > limit:
+        if plan.tokens > limit:
             raise Failed(
                 "invalid_file",
-                f"The file has {tokens} tokens, more than the {limit} this server ingests.",
+                f"The file has {plan.tokens} tokens, more than the {limit} this server ingests.",
             )
-        plan = await asyncio.to_thread(chunking.plan, pages, max_tokens, overlap)
         chunked = time.perf_counter()
 
         # Vectors only when they compare with the store's: a store built with another model

@@ -57,11 +57,6 @@ def tokens(text: str) -> list[str]:
     return list(seen)
 
 
-def fts5_match(text: str) -> str | None:
-    """An FTS5 MATCH expression for `text` (any of its tokens), or None when it has none."""
-    return fts5_terms(tokens(text))
-
-
 def content_tokens(text: str) -> list[str]:
     """`tokens(text)` without English stop words, or all of them when they are all stop
     words ("to be or not to be" still searches)."""
@@ -96,12 +91,6 @@ def fts5_terms(words: Sequence[str]) -> str | None:
     if not words:
         return None
     return " OR ".join('"' + word.replace('"', '""') + '"' for word in words)
-
-
-def websearch_all(text: str) -> str | None:
-    """Input for `websearch_to_tsquery`: every token must match; None when there are none."""
-    words = tokens(text)
-    return " ".join(words) if words else None
 
 
 def websearch_any(text: str) -> str | None:

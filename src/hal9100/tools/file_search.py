@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
+from hal9100.core.resources import search_store_ids
 from hal9100.core.text import storable
 from hal9100.db.models import Assistant, RunStep, Thread, VectorStoreFile
 from hal9100.tools.base import FunctionSpec, ToolContext, ToolOutput
@@ -190,7 +191,7 @@ class FileSearchTool:
             return self._output(
                 arguments, turn, queries, [], "Error: give a `query` to search for."
             )
-        store_ids = await self._store_ids(ctx)
+        store_ids, thread_store_ids = await self._store_ids(ctx)
         if not store_ids:
             return self._output(
                 arguments,
@@ -204,7 +205,7 @@ class FileSearchTool:
             return self._output(
                 arguments, turn, queries, [], "Error: file search is not available on this server."
             )
-        await self._wait_for_thread_stores(ctx)
+        await self._wait_for_thread_stores(ctx, thread_store_ids)
         found = await ctx.vector_search.search(
             store_ids,
             queries[0] if len(queries) == 1 else queries,
@@ -277,33 +278,26 @@ class FileSearchTool:
         return count
 
     @staticmethod
-    async def _wait_for_thread_stores(ctx: ToolContext) -> None:
-        """Wait (bounded) until no file of the thread's stores is being ingested."""
+    async def _wait_for_thread_stores(ctx: ToolContext, store_ids: list[str]) -> None:
+        """Wait (bounded) until no file the thread's stores held when the run began is
+        being ingested."""
+        if not store_ids:
+            return
         until = ctx.run.created_at + THREAD_STORE_WAIT
         if ctx.deadline is not None:
             until = min(until, ctx.deadline)
         poll = _WAIT_POLL
         while True:
             async with ctx.sessions() as session:
-                resources = await session.scalar(
-                    select(Thread.tool_resources).where(Thread.id == ctx.run.thread_id)
-                )
-                search = (resources or {}).get("file_search") or {}
-                store_ids = [s for s in search.get("vector_store_ids") or [] if isinstance(s, str)]
-                pending = 0
-                if store_ids:
-                    pending = int(
-                        await session.scalar(
-                            select(func.count()).where(
-                                VectorStoreFile.vector_store_id.in_(store_ids),
-                                VectorStoreFile.status == "in_progress",
-                                # What was there when the run began: files another client
-                                # adds to a shared store meanwhile are not waited for.
-                                VectorStoreFile.created_at <= ctx.run.created_at,
-                            )
-                        )
-                        or 0
+                pending = await session.scalar(
+                    select(func.count()).where(
+                        VectorStoreFile.vector_store_id.in_(store_ids),
+                        VectorStoreFile.status == "in_progress",
+                        # What was there when the run began: files another client adds to a
+                        # shared store meanwhile are not waited for.
+                        VectorStoreFile.created_at <= ctx.run.created_at,
                     )
+                )
                 await session.commit()
             if not pending or time.time() >= until:
                 return
@@ -312,21 +306,16 @@ class FileSearchTool:
             poll = min(poll * 1.5, 2.0)
 
     @staticmethod
-    async def _store_ids(ctx: ToolContext) -> list[str]:
-        """The vector stores of the run's assistant, then its thread's."""
+    async def _store_ids(ctx: ToolContext) -> tuple[list[str], list[str]]:
+        """The vector stores to search (the run's assistant's, then its thread's), and the
+        thread's alone."""
         async with ctx.sessions() as session:
-            found = [
-                await session.scalar(
-                    select(Assistant.tool_resources).where(Assistant.id == ctx.run.assistant_id)
-                ),
-                await session.scalar(
-                    select(Thread.tool_resources).where(Thread.id == ctx.run.thread_id)
-                ),
-            ]
-        out: list[str] = []
-        for resources in found:
-            search = (resources or {}).get("file_search") or {}
-            for store_id in search.get("vector_store_ids") or []:
-                if isinstance(store_id, str) and store_id not in out:
-                    out.append(store_id)
-        return out
+            assistant = await session.scalar(
+                select(Assistant.tool_resources).where(Assistant.id == ctx.run.assistant_id)
+            )
+            thread = await session.scalar(
+                select(Thread.tool_resources).where(Thread.id == ctx.run.thread_id)
+            )
+            await session.commit()
+        thread_ids = search_store_ids(thread)
+        return list(dict.fromkeys([*search_store_ids(assistant), *thread_ids])), thread_ids

@@ -98,17 +98,6 @@ class StoreFileRepository:
             found.update((row.id, row) for row in rows)
         return found
 
-    async def get_with_deleted(self, file_id: str) -> VectorStoreFile | None:
-        found: VectorStoreFile | None = (
-            await self.session.scalars(
-                select(VectorStoreFile).where(
-                    VectorStoreFile.vector_store_id == self.store_id,
-                    VectorStoreFile.id == file_id,
-                )
-            )
-        ).first()
-        return found
-
     async def get(self, file_id: str) -> VectorStoreFile | None:
         found: VectorStoreFile | None = (
             await self.session.scalars(self.scoped().where(VectorStoreFile.id == file_id))
@@ -120,12 +109,6 @@ class StoreFileRepository:
         if row is None:
             raise not_found("vector store file", file_id)
         return row
-
-    async def by_ids(self, file_ids: Sequence[str]) -> dict[str, VectorStoreFile]:
-        rows = await self.session.scalars(
-            self.scoped().where(VectorStoreFile.id.in_(list(file_ids)))
-        )
-        return {row.id: row for row in rows}
 
     async def page(
         self, params: ListParams, status: str | None, batch_id: str | None = None

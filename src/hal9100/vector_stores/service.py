@@ -212,32 +212,18 @@ def _attach(
 
 
 async def create(runtime: Runtime, session: Any, body: VectorStoreCreate) -> VectorStoreObject:
-    await check_file_ids(session, body.file_ids, "file_ids")
-    stamp = now()
-    expires_after = dump_json(body.expires_after)
-    row = VectorStore(
-        id=ids.vector_store_id(),
-        created_at=stamp,
+    row = await add_store(
+        session,
+        runtime,
+        body.file_ids,
+        param="file_ids",
+        chunking_strategy=body.chunking_strategy,
+        metadata=body.metadata,
+        expires_after=dump_json(body.expires_after),
         name=body.name,
         description=body.description,
-        expires_after=expires_after,
-        expires_at=expiry(expires_after, stamp),
-        last_active_at=stamp,
-        metadata_=body.metadata or {},
     )
-    session.add(row)
-    # The store exists before its files point at it (PostgreSQL checks the foreign key).
-    await session.flush()
-    attached = await attach_many(
-        session,
-        row.id,
-        [(f, body.chunking_strategy, None) for f in dict.fromkeys(body.file_ids)],
-        None,
-        time.time() + runtime.settings.lease_seconds,
-    )
-    todo = [r.id for r, needed in attached if needed]
-    await session.commit()
-    await _enqueue(runtime, row.id, todo)
+    await commit(session, runtime)
     return await _store_object(session, row)
 
 
@@ -270,10 +256,10 @@ async def delete(runtime: Runtime, session: Any, store_id: str) -> DeletedObject
     repo = VectorStoreRepository(session)
     await repo.get_or_404(store_id)
     await repo.delete_by_id(store_id)
-    await session.commit()
     # Chunks go after the rows: a crash in between leaves chunks no store names, which no
     # search can reach (searches start from a store's files).
-    await runtime.index.drop_store(store_id)
+    _later(session, _TO_DROP).append((store_id, None))
+    await commit(session, runtime)
     return DeletedObject(id=store_id, object="vector_store.deleted")
 
 
@@ -337,8 +323,8 @@ async def delete_file(runtime: Runtime, session: Any, store_id: str, file_id: st
     repo = StoreFileRepository(session, store_id)
     await repo.get_or_404(file_id)
     await repo.delete(file_id)
-    await session.commit()
-    await runtime.index.drop_file(store_id, file_id)
+    _later(session, _TO_DROP).append((store_id, file_id))
+    await commit(session, runtime)
     return DeletedObject(id=file_id, object="vector_store.file.deleted")
 
 
@@ -447,11 +433,10 @@ async def cancel_batch(
         )
     batch.cancelled = True
     cancelled = await repo.cancel_batch(batch_id)
-    await session.commit()
     # A file's worker notices the cancel between pages and batches and stops; its chunks
     # are dropped here too, so a search never sees a cancelled file even meanwhile.
-    for file_id in cancelled:
-        await runtime.index.drop_file(store_id, file_id)
+    _later(session, _TO_DROP).extend((store_id, file_id) for file_id in cancelled)
+    await commit(session, runtime)
     return batch_object(batch, await repo.batch_counts(batch_id))
 
 
@@ -525,6 +510,8 @@ async def add_store(
     metadata: dict[str, str] | None = None,
     expires_after: dict[str, Any] | None = None,
     owner_id: str | None = None,
+    name: str | None = None,
+    description: str | None = None,
 ) -> VectorStore:
     """Add (uncommitted) a store holding `file_ids`, checked with errors naming
     `param[index]`; `chunking_strategy` is a request model or JSON of one. `commit` queues
@@ -534,7 +521,8 @@ async def add_store(
     row = VectorStore(
         id=ids.vector_store_id(),
         created_at=stamp,
-        name=None,
+        name=name,
+        description=description,
         expires_after=expires_after,
         expires_at=expiry(expires_after, stamp),
         last_active_at=stamp,
