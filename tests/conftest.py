@@ -98,6 +98,36 @@ def deploy(
         deployment.stop()
 
 
+def _own_deployments(
+    mode: str,
+    scripted_llm: ScriptedLLM,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[DeployFactory]:
+    started: list[Deployment] = []
+
+    def start(**extra: str) -> Deployment:
+        env = {**server_env(scripted_llm), **extra}
+        data_dir = tmp_path_factory.mktemp(f"{mode}-own-deployment")
+        if mode == "production":
+            moto_server: MotoServer = request.getfixturevalue("moto")
+            started.append(start_production(env, data_dir, moto=moto_server))
+        else:
+            started.append(start_embedded(env, data_dir))
+        return started[-1]
+
+    yield start
+    for deployment in started:
+        deployment.stop()
+
+
+# `deploy`, for a configuration one test (or one module) alone uses: stopped when the test
+# (the module) ends, so that a session's production deployments, four processes each, do
+# not pile up on the one PostgreSQL's 100 connections.
+own_deployment = pytest.fixture(_own_deployments)
+module_deployment = pytest.fixture(scope="module", name="module_deployment")(_own_deployments)
+
+
 @pytest.fixture(scope="session")
 def server(deploy: DeployFactory) -> Deployment:
     return deploy()

@@ -85,8 +85,8 @@ V1_MESSAGE_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def deployment(deploy: DeployFactory) -> Deployment:
-    return deploy(HAL9100_EMBEDDINGS="none")
+def deployment(module_deployment: DeployFactory) -> Deployment:
+    return module_deployment(HAL9100_EMBEDDINGS="none")
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ INCLUDE = "step_details.tool_calls[*].file_search.results[*].content"
 
 
 @pytest.fixture(scope="module")
-def deployment(deploy: DeployFactory) -> Deployment:
-    return deploy(HAL9100_EMBEDDINGS="none")
+def deployment(module_deployment: DeployFactory) -> Deployment:
+    return module_deployment(HAL9100_EMBEDDINGS="none")
 
 
 @pytest.fixture

@@ -59,10 +59,10 @@ def _check_searchable(client: openai.OpenAI, store_id: str, file_id: str) -> Non
     assert len(texts) == len(set(texts))
 
 
-def test_worker_killed_mid_file_production(mode: str, deploy: DeployFactory) -> None:
+def test_worker_killed_mid_file_production(mode: str, own_deployment: DeployFactory) -> None:
     if mode != "production":
         pytest.skip("worker processes exist in production mode only")
-    deployment = deploy(**CRASH_ENV)
+    deployment = own_deployment(**CRASH_ENV)
     client = make_client(deployment.urls)
     file_id = client.files.create(
         file=("big.txt", (NEEDLE + "\n" + BIG_TEXT).encode()), purpose="assistants"
@@ -106,8 +106,8 @@ def test_server_killed_mid_file_embedded(
         second.stop()
 
 
-def test_file_over_the_token_limit_fails(mode: str, deploy: DeployFactory) -> None:
-    deployment = deploy(**CRASH_ENV)
+def test_file_over_the_token_limit_fails(mode: str, own_deployment: DeployFactory) -> None:
+    deployment = own_deployment(**CRASH_ENV)
     client = make_client(deployment.urls)
     file_id = client.files.create(
         file=("huge.txt", (BIG_TEXT * 3).encode()), purpose="assistants"

@@ -27,8 +27,8 @@ SEVEN_DAYS = {"anchor": "last_active_at", "days": 7}
 
 
 @pytest.fixture(scope="module")
-def deployment(deploy: DeployFactory) -> Deployment:
-    return deploy(HAL9100_EMBEDDINGS="none")
+def deployment(module_deployment: DeployFactory) -> Deployment:
+    return module_deployment(HAL9100_EMBEDDINGS="none")
 
 
 @pytest.fixture

@@ -546,12 +546,12 @@ def test_semantic_search_offline(mode: str, deploy, tmp_path) -> None:  # type: 
     client.close()
 
 
-def test_keyword_only_when_no_model(mode: str, deploy) -> None:  # type: ignore[no-untyped-def]
+def test_keyword_only_when_no_model(own_deployment) -> None:  # type: ignore[no-untyped-def]
     """HAL9100_EMBEDDINGS=none: the server says at start-up that search is by keywords only,
     and keyword search works."""
     from conftest import make_client
 
-    deployment = deploy(HAL9100_EMBEDDINGS="none")
+    deployment = own_deployment(HAL9100_EMBEDDINGS="none")
     assert "keywords only" in _whole_log(deployment)
     client = make_client(deployment.urls)
     ids = {name: upload(client, name, text) for name, text in DOCS.items()}
@@ -575,12 +575,12 @@ def test_files_upload_and_poll(client: openai.OpenAI) -> None:
     assert [r.file_id for r in page.data] == [done.id]
 
 
-def test_remote_embedding_server(mode: str, deploy, scripted_llm) -> None:  # type: ignore[no-untyped-def]
+def test_remote_embedding_server(own_deployment, scripted_llm) -> None:  # type: ignore[no-untyped-def]
     """HAL9100_EMBEDDING_URL: vectors come from an OpenAI-compatible /v1/embeddings server
     (the scripted one here), named in the start-up line; ingestion and search use it."""
     from conftest import make_client
 
-    deployment = deploy(
+    deployment = own_deployment(
         HAL9100_EMBEDDING_URL=scripted_llm.base_url, HAL9100_EMBEDDING_MODEL="scripted-embed"
     )
     assert "embeddings=scripted-embed at" in _whole_log(deployment)
