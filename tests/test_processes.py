@@ -20,12 +20,15 @@ import httpx
 import pytest
 
 from deployments import Deployment, ServerProcess, free_port, server_env, start_embedded
-from runs_support import TERMINAL, marker, requests_with
+from runs_support import TERMINAL, marker, requests_with, wait_llm_requests
 from scripted_llm import ScriptedLLM
 
 RACERS = 20
 # About a second of streaming: the run is still active while every racer arrives.
 SLOW_PROMPT = "[[slow:50]] [[tokens:20]]"
+# Twenty seconds of streaming, for a run that must outlast however slowly its racers arrive
+# (it is cancelled once they have).
+LONG_PROMPT = "[[slow:100]] [[tokens:200]]"
 # HAL9100_LEASE_SECONDS's default, which these servers keep.
 LEASE_SECONDS = 30
 
@@ -135,7 +138,7 @@ def test_a_message_racing_a_run_is_in_its_prompt_or_refused(
             tag = marker()
             thread_id = http.post(
                 "/v1/threads",
-                json={"messages": [{"role": "user", "content": f"{tag} {attempt}"}]},
+                json={"messages": [{"role": "user", "content": f"{LONG_PROMPT} {tag} {attempt}"}]},
             ).json()["id"]
 
             def send(
@@ -144,21 +147,28 @@ def test_a_message_racing_a_run_is_in_its_prompt_or_refused(
                 base = f"{urls[index % len(urls)]}/v1/threads/{thread_id}"
                 if index == 0:
                     return own.post(f"{base}/runs", json={"assistant_id": assistant_id})
-                # The last user message steers the scripted LLM: keep the run slow whichever
+                # The last user message steers the scripted LLM: keep the run going whichever
                 # message comes last.
                 return own.post(
                     f"{base}/messages",
-                    json={"role": "user", "content": f"{SLOW_PROMPT} {tag}-{index}"},
+                    json={"role": "user", "content": f"{LONG_PROMPT} {tag}-{index}"},
                 )
 
             responses = _all_at_once(10, send)
             assert responses[0].status_code == 200, responses[0].text
             run_id = responses[0].json()["id"]
+            # The claim holds only for messages answered while the run was active: one
+            # accepted after it ended rightly misses its prompt. The run streams for 20 s, so
+            # it is still active now however slowly the racers arrived (checked, not assumed).
+            run = http.get(f"/v1/threads/{thread_id}/runs/{run_id}").json()
+            assert run["status"] in ("queued", "in_progress"), run
             accepted = [f"{tag}-{i}" for i, r in enumerate(responses) if i and r.is_success]
             for refused in (r for r in responses[1:] if not r.is_success):
                 assert refused.status_code == 400, refused.text
                 assert "while a run" in refused.json()["error"]["message"]
-            assert _wait_terminal(http, thread_id, run_id, timeout=30)["status"] == "completed"
+            wait_llm_requests(scripted_llm, tag, timeout=30)
+            http.post(f"/v1/threads/{thread_id}/runs/{run_id}/cancel")
+            assert _wait_terminal(http, thread_id, run_id, timeout=30)["status"] == "cancelled"
             (prompt,) = requests_with(scripted_llm, tag)
             sent = str(prompt["messages"])
             slipped = [text for text in accepted if text not in sent]
