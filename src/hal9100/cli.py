@@ -1,4 +1,4 @@
-"""`hal9100 serve | worker | migrate`: the command line."""
+"""`hal9100 serve | worker | migrate | sandbox`: the command line."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import sys
+import time
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -95,6 +97,36 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sandbox_setup(args: argparse.Namespace) -> int:
+    from hal9100.sandbox.base import SandboxUnavailable
+    from hal9100.sandbox.python_env import choose_interpreter, default_dir, inspect, prepare
+
+    target = args.dir or default_dir()
+    started = time.monotonic()
+    try:
+        interpreter = args.interpreter or choose_interpreter()
+        print(f"preparing the sandbox's Python at {target} from {interpreter}", flush=True)
+        prepare(target, interpreter, args.pip_args)
+        env = inspect(target)
+    except (SandboxUnavailable, OSError) as error:
+        raise SystemExit(f"hal9100: sandbox setup failed: {error}") from None
+    packages = ", ".join(f"{name} {version}" for name, version in env.packages.items())
+    print(
+        f"made {env.root}: Python {env.version} ({env.interpreter}); {packages}; "
+        f"matplotlib font cache in {env.mplconfig}; took {time.monotonic() - started:.0f} s"
+    )
+    return 0
+
+
+def _sandbox_check(args: argparse.Namespace) -> int:
+    from hal9100.sandbox.check import run_checks
+
+    checks = run_checks(Settings(), args.dir)
+    for name, ok, detail in checks:
+        print(f"{'ok  ' if ok else 'FAIL'}  {name}: {detail}")
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hal9100", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -144,6 +176,35 @@ def main(argv: list[str] | None = None) -> int:
         help="the alembic revision to upgrade to (default: %(default)s)",
     )
     migrate.set_defaults(func=_migrate, parser=migrate)
+
+    sandbox = sub.add_parser("sandbox", help="the code_interpreter sandbox")
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    setup = sandbox_sub.add_parser(
+        "setup",
+        help="prepare the sandbox's own Python (a separate venv with ipykernel, numpy, pandas, matplotlib)",
+        description="Arguments after `--` go to pip, e.g. `-- --no-index --find-links DIR`.",
+    )
+    setup.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where (default: HAL9100_SANDBOX_PYTHON_DIR, else $XDG_DATA_HOME/hal9100/sandbox-python)",
+    )
+    setup.add_argument(
+        "--interpreter",
+        default=None,
+        help="the Python it is based on, outside /root and /home (default: "
+        "HAL9100_SANDBOX_INTERPRETER, else /usr/bin/python3)",
+    )
+    setup.add_argument("pip_args", nargs="*", help="passed to pip install (after `--`)")
+    setup.set_defaults(func=_sandbox_setup)
+    check = sandbox_sub.add_parser(
+        "check", help="check bubblewrap, the sandbox's Python and the sandbox itself"
+    )
+    check.add_argument(
+        "--dir", type=Path, default=None, help="the sandbox's Python (default: as for setup)"
+    )
+    check.set_defaults(func=_sandbox_check)
 
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -154,6 +154,42 @@ class Settings(BaseSettings):
         default=5_000_000, ge=1, validation_alias="HAL9100_VECTOR_STORE_MAX_FILE_TOKENS"
     )
 
+    # --- code_interpreter ---
+    # "auto": the bubblewrap sandbox (runs that use the tool fail with a clear error when it
+    # cannot be made safely); "none": the tool is refused. Code never runs unconfined.
+    sandbox: Literal["auto", "none"] = Field(default="auto", validation_alias="HAL9100_SANDBOX")
+    # The sandbox's own Python, made by `hal9100 sandbox setup` (default: under
+    # $XDG_DATA_HOME/hal9100).
+    sandbox_python_dir: Path | None = Field(
+        default=None, validation_alias="HAL9100_SANDBOX_PYTHON_DIR"
+    )
+    # A thread's session ends after this long unused, and at the latest this long after it
+    # started (its variables and files are then gone, and the model is told).
+    sandbox_idle_seconds: float = Field(
+        default=1200.0, gt=0, validation_alias="HAL9100_SANDBOX_IDLE_SECONDS"
+    )
+    sandbox_max_seconds: float = Field(
+        default=3600.0, gt=0, validation_alias="HAL9100_SANDBOX_MAX_SECONDS"
+    )
+    # Sessions kept started (numpy, pandas and matplotlib imported) for threads to come.
+    sandbox_pool: int = Field(default=1, ge=0, validation_alias="HAL9100_SANDBOX_POOL")
+    # Live sessions per process at most; past it, the least recently used ends.
+    sandbox_max_sessions: int = Field(
+        default=32, ge=1, validation_alias="HAL9100_SANDBOX_MAX_SESSIONS"
+    )
+    sandbox_cell_seconds: float = Field(
+        default=60.0, gt=0, validation_alias="HAL9100_SANDBOX_CELL_SECONDS"
+    )
+    sandbox_memory_mb: int = Field(
+        default=2048, ge=64, validation_alias="HAL9100_SANDBOX_MEMORY_MB"
+    )
+    sandbox_processes: int = Field(default=64, ge=4, validation_alias="HAL9100_SANDBOX_PROCESSES")
+    sandbox_disk_mb: int = Field(default=512, ge=1, validation_alias="HAL9100_SANDBOX_DISK_MB")
+    # When the server runs as root, sessions run as uids from this one up (one per session).
+    sandbox_uid_base: int = Field(
+        default=600000, ge=1000, validation_alias="HAL9100_SANDBOX_UID_BASE"
+    )
+
     @field_validator("model_routes", mode="before")
     @classmethod
     def _parse_routes(cls, value: Any) -> Any:

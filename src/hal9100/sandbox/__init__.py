@@ -1,0 +1,1 @@
+"""The code_interpreter sandbox: backends that run a stateful Python kernel, confined."""
