@@ -190,6 +190,9 @@ def server_env(llm: ScriptedLLM) -> dict[str, str]:
         # A test session keeps a dozen production deployments of four processes each alive,
         # against one PostgreSQL's 100 connections.
         "HAL9100_DB_POOL_SIZE": "4",
+        # A warm sandbox session costs every deployment a kernel and its imports; only the
+        # code_interpreter tests want one.
+        "HAL9100_SANDBOX_POOL": "0",
     }
 
 

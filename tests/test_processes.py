@@ -26,9 +26,9 @@ from scripted_llm import ScriptedLLM
 RACERS = 20
 # About a second of streaming: the run is still active while every racer arrives.
 SLOW_PROMPT = "[[slow:50]] [[tokens:20]]"
-# Twenty seconds of streaming, for a run that must outlast however slowly its racers arrive
+# Eight seconds of streaming, for a run that must outlast however slowly its racers arrive
 # (it is cancelled once they have).
-LONG_PROMPT = "[[slow:100]] [[tokens:200]]"
+LONG_PROMPT = "[[slow:40]] [[tokens:200]]"
 # HAL9100_LEASE_SECONDS's default, which these servers keep.
 LEASE_SECONDS = 30
 
@@ -158,7 +158,7 @@ def test_a_message_racing_a_run_is_in_its_prompt_or_refused(
             assert responses[0].status_code == 200, responses[0].text
             run_id = responses[0].json()["id"]
             # The claim holds only for messages answered while the run was active: one
-            # accepted after it ended rightly misses its prompt. The run streams for 20 s, so
+            # accepted after it ended rightly misses its prompt. The run streams for 8 s, so
             # it is still active now however slowly the racers arrived (checked, not assumed).
             run = http.get(f"/v1/threads/{thread_id}/runs/{run_id}").json()
             assert run["status"] in ("queued", "in_progress"), run

@@ -12,6 +12,7 @@ import importlib.util
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import text
@@ -26,6 +27,9 @@ from hal9100.queue.base import TaskQueue
 from hal9100.retrieval.base import ChunkIndex
 from hal9100.storage.base import ObjectStorage
 from hal9100.vector_stores.search import VectorSearch
+
+if TYPE_CHECKING:
+    from hal9100.sandbox.sessions import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +231,24 @@ def make_embedder(settings: Settings) -> Embedder | None:
     ):
         return None
     return LocalEmbedder(settings.embedding_model_dir, threads=settings.embedding_threads)
+
+
+def make_sandbox(settings: Settings) -> Sessions | None:
+    """The code_interpreter sessions a worker runs code in; None when the tool is refused
+    (HAL9100_SANDBOX=none). A backend that cannot be made safely is still returned: each
+    call that needs it fails closed, saying why."""
+    if settings.sandbox == "none":
+        return None
+    from hal9100.sandbox.bwrap import make_backend
+    from hal9100.sandbox.sessions import Sessions as SandboxSessions
+
+    return SandboxSessions(
+        make_backend(settings),
+        pool_size=settings.sandbox_pool,
+        idle_seconds=settings.sandbox_idle_seconds,
+        max_seconds=settings.sandbox_max_seconds,
+        max_sessions=settings.sandbox_max_sessions,
+    )
 
 
 def make_index(settings: Settings, engine: AsyncEngine) -> ChunkIndex:

@@ -28,7 +28,7 @@ from hal9100.ingestion.job import Ingestor
 from hal9100.queue.base import EXECUTE_RUN, INGEST_FILE
 from hal9100.runs.lifecycle import close_open_work, run_event
 from hal9100.runs.recorder import AssistantsRecorder
-from hal9100.runtime import Runtime, connect_runtime
+from hal9100.runtime import Runtime, connect_runtime, make_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class Worker:
     def __init__(self, runtime: Runtime, concurrency: int) -> None:
         self.runtime = runtime
         self.concurrency = concurrency
+        self.sandbox = make_sandbox(runtime.settings)
         self.engine = Engine(
             sessions=runtime.sessions,
             bus=runtime.bus,
@@ -50,6 +51,7 @@ class Worker:
             worker_id=new_worker_id(),
             recorder=self._recorder,
             vector_search=runtime.vector_search,
+            sandbox=self.sandbox,
         )
         self.ingestor = Ingestor(
             sessions=runtime.sessions,
@@ -75,6 +77,8 @@ class Worker:
             },
         )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="run-sweeper")
+        if self.sandbox is not None and not await self.sandbox.backend.problems():
+            self.sandbox.start()
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -82,6 +86,8 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.runtime.queue.aclose()
+        if self.sandbox is not None:
+            await self.sandbox.aclose()
 
     async def _sweep_forever(self) -> None:
         while True:

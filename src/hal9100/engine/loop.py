@@ -50,10 +50,11 @@ from hal9100.llm.base import (
 )
 from hal9100.llm.router import ModelRouter
 from hal9100.storage.base import ObjectStorage
-from hal9100.tools.base import ServerTool, ToolContext, ToolOutput
+from hal9100.tools.base import ServerTool, ToolContext, ToolOutput, ToolUnavailable
 from hal9100.tools.registry import Toolset, build_toolset
 
 if TYPE_CHECKING:
+    from hal9100.sandbox.sessions import Sessions
     from hal9100.vector_stores.search import VectorSearch
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Engine:
         worker_id: str,
         recorder: RecorderFactory,
         vector_search: VectorSearch | None = None,
+        sandbox: Sessions | None = None,
     ) -> None:
         self.sessions = sessions
         self.bus = bus
@@ -112,6 +114,7 @@ class Engine:
         self.worker_id = worker_id
         self.recorder = recorder
         self.vector_search = vector_search
+        self.sandbox = sandbox
         self.lease = Lease(sessions, worker_id, settings.lease_seconds)
 
     async def execute(self, run_id: str) -> None:
@@ -545,11 +548,14 @@ class _Job:
             progress=progress,
             call_id=call.id,
             vector_search=self.x.vector_search,
+            sandbox=self.x.sandbox,
         )
         try:
             return await tool.call(call.name, _arguments(call), ctx)
         except (asyncio.CancelledError, LeaseLost):
             raise
+        except ToolUnavailable as exc:
+            raise _Failed({"code": "server_error", "message": str(exc)}) from exc
         except Exception as exc:
             log.exception("run %s: tool call %s (%s) failed", self.run_id, call.id, call.name)
             return _error(call, f"Error: the call failed inside the server ({type(exc).__name__}).")

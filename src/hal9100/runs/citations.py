@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hal9100.tools import code_interpreter
 from hal9100.tools.file_search import stored_turn
 
 # Where a marker ends, by where it opens.
@@ -77,7 +78,27 @@ def _match(text: str, at: int) -> tuple[int, int, int, int]:
     return _MAYBE, 0, 0, 0
 
 
-_OPENER = re.compile("[【\\[]")
+LINK = "sandbox:/mnt/data/"
+MAX_LINK = len(LINK) + 512
+# What ends a sandbox link's path: space, quotes, brackets and Markdown's link syntax.
+_LINK_END = frozenset(" \t\r\n\"'`<>()[]{}|")
+# Sentence punctuation right after a link, when the path without it is the file.
+_TRAILING = ".,;:!?"
+_OPENER = re.compile("[【\\[]|" + re.escape(LINK[:1]))
+
+
+def _match_link(text: str, at: int, final: bool) -> tuple[int, int]:
+    """Whether a sandbox link opens at `text[at]`: (_MARKER, end) when it is whole,
+    (_MAYBE, 0) when `text` ends before that is known, (_NOT, 0) otherwise."""
+    head = text[at : at + len(LINK)]
+    if head != LINK:
+        return (_MAYBE, 0) if not final and LINK.startswith(head) else (_NOT, 0)
+    end = at + len(LINK)
+    while end < len(text) and text[end] not in _LINK_END and end - at < MAX_LINK:
+        end += 1
+    if end == len(text) and not final and end - at < MAX_LINK:
+        return _MAYBE, 0
+    return (_MARKER, end) if end > at + len(LINK) else (_NOT, 0)
 
 
 def _next_opener(text: str, start: int) -> int:
@@ -105,6 +126,8 @@ class CitationStream:
     `value` and `annotations` are what was emitted so far, as the message stores them."""
 
     sources: Sources
+    # "/mnt/data/<path>" -> file id: the files the run's code wrote, for `sandbox:` links.
+    paths: Mapping[str, str] = field(default_factory=dict)
     _pending: str = ""
     _parts: list[str] = field(default_factory=list)
     _length: int = 0
@@ -147,6 +170,38 @@ class CitationStream:
                 break
             out.append(text[position:opener])
             length += opener - position
+            if text[opener] == LINK[0]:
+                state, end = _match_link(text, opener, final)
+                if state == _MAYBE:
+                    position = opener
+                    break
+                if state == _NOT:
+                    out.append(text[opener])
+                    length += 1
+                    position = opener + 1
+                    continue
+                link = text[opener:end]
+                path = link[len("sandbox:") :]
+                while path not in self.paths and path and path[-1] in _TRAILING:
+                    path, link = path[:-1], link[:-1]
+                file_id = self.paths.get(path)
+                if file_id is not None:
+                    notes.append(
+                        {
+                            "index": len(self._annotations) + len(notes),
+                            "type": "file_path",
+                            "text": link,
+                            "start_index": length,
+                            "end_index": length + len(link),
+                            "file_path": {"file_id": file_id},
+                        }
+                    )
+                else:
+                    link = text[opener:end]
+                out.append(link)
+                length += len(link)
+                position = opener + len(link)
+                continue
             state, end, turn, index = _match(text, opener)
             if state == _MAYBE and not final:
                 position = opener
@@ -182,12 +237,25 @@ class CitationStream:
         return Piece(emitted, notes)
 
 
-def annotate(text: str, sources: Sources) -> tuple[str, list[dict[str, Any]]]:
+def annotate(
+    text: str, sources: Sources, paths: Mapping[str, str] | None = None
+) -> tuple[str, list[dict[str, Any]]]:
     """A whole answer's text value and annotations, as a message stores them."""
-    stream = CitationStream(sources)
+    stream = CitationStream(sources, paths or {})
     stream.feed(text)
     stream.finish()
     return stream.value, stream.annotations
+
+
+def paths_of(step_details: list[dict[str, Any]]) -> dict[str, str]:
+    """The files a run's code_interpreter calls wrote, by path, from its `tool_calls` step
+    details: what `sandbox:` links in its answers may name (the latest write wins)."""
+    out: dict[str, str] = {}
+    for details in step_details:
+        for call in details.get("tool_calls", []):
+            if call.get("type") == code_interpreter.NAME:
+                out.update(code_interpreter.exported_files(call))
+    return out
 
 
 def sources_of(step_details: list[dict[str, Any]]) -> dict[tuple[int, int], str]:

@@ -18,7 +18,7 @@ from hal9100.engine.state import TERMINAL
 from hal9100.events.base import RunEvent
 from hal9100.messages.service import to_object as message_object
 from hal9100.runs.schemas import RunObject, RunStepObject
-from hal9100.tools import file_search
+from hal9100.tools import code_interpreter, file_search
 from hal9100.tools.action import redact_tools
 
 NO_USAGE: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -66,6 +66,12 @@ def run_object(run: Run) -> RunObject:
     )
 
 
+def _public(call: dict[str, Any], include_content: bool) -> dict[str, Any]:
+    if call.get("type") == code_interpreter.NAME:
+        return code_interpreter.public_details(call)
+    return file_search.public_details(call, include_content)
+
+
 def step_object(step: RunStep, include: Sequence[str] | None = ()) -> RunStepObject:
     """A step as the API serves it: file_search results carry their content only when the
     request's (or the run's) `include` asks for it."""
@@ -75,8 +81,7 @@ def step_object(step: RunStep, include: Sequence[str] | None = ()) -> RunStepObj
         details = {
             **details,
             "tool_calls": [
-                file_search.public_details(c, content) if isinstance(c, dict) else c
-                for c in details["tool_calls"]
+                _public(c, content) if isinstance(c, dict) else c for c in details["tool_calls"]
             ],
         }
     return RunStepObject(

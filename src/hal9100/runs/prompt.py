@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from hal9100.db.models import File, Message, Run, RunStep
@@ -19,7 +20,7 @@ from hal9100.llm.base import (
     ToolCall,
     estimate_tokens,
 )
-from hal9100.tools import file_search
+from hal9100.tools import code_interpreter, file_search
 
 # Room kept free for the answer when `truncation_strategy` is auto and the run sets no
 # completion budget of its own: this much, but never more than a quarter of the window (a
@@ -114,6 +115,11 @@ def _replayed(call: dict[str, Any]) -> tuple[ToolCall, str] | None:
             # templates do) would refuse the whole prompt over it.
             arguments = "{}"
         return ToolCall(call["id"], function["name"], arguments), (function.get("output") or "")
+    if call.get("type") == code_interpreter.NAME:
+        return (
+            ToolCall(call["id"], code_interpreter.NAME, code_interpreter.replayed_arguments(call)),
+            code_interpreter.replayed_output(call),
+        )
     if call.get("type") == "file_search":
         # OpenAI's shape keeps neither the query nor the output: both are rebuilt from what
         # the tool stored beside it.
@@ -176,8 +182,10 @@ def build_prompt(
     prompt_tokens_used: int,
     completion_tokens_left: int | None,
     functions: list[FunctionTool],
+    notes: Sequence[str] = (),
 ) -> Prompt:
-    """Assemble one turn's request.
+    """Assemble one turn's request; `notes` go at the end of the system prompt (what the
+    run's tools make available, such as code_interpreter's files).
 
     `thread_messages` are the thread's messages in order; those this run wrote are placed
     among its tool rounds rather than with the thread. `prompt_tokens_used` is what earlier
@@ -194,6 +202,7 @@ def build_prompt(
             if system_text
             else run.additional_instructions
         )
+    system_text = "\n\n".join(part for part in (system_text, *notes) if part)
     system = [ChatMessage("system", system_text)] if system_text else []
 
     strategy = run.truncation_strategy or {"type": "auto"}

@@ -26,11 +26,11 @@ from hal9100.events.base import RunEvent
 from hal9100.llm.base import FunctionTool
 from hal9100.messages.repository import MessageRepository
 from hal9100.messages.service import to_object as message_object
-from hal9100.runs.citations import CitationStream, Sources, sources_of
+from hal9100.runs.citations import CitationStream, Sources, paths_of, sources_of
 from hal9100.runs.lifecycle import close_open_work, event, run_event, step_object
 from hal9100.runs.prompt import build_prompt, data_url, image_file_ids
 from hal9100.storage.base import ObjectStorage
-from hal9100.tools import file_search
+from hal9100.tools import code_interpreter, file_search
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 # The first token's events leave before its message row is written: an embedded SQLite write
@@ -49,6 +49,10 @@ class _Turn:
     cite: CitationStream = field(default_factory=lambda: CitationStream({}))
     calls: dict[int, Call] = field(default_factory=dict)
     arguments: dict[int, list[str]] = field(default_factory=dict)
+    # What each code_interpreter call's input deltas have carried so far.
+    code_sent: dict[int, str] = field(default_factory=dict)
+    # Plots that lead the turn's message (`image_file` parts before its text).
+    images: list[str] = field(default_factory=list)
     # When the message was announced completed because the model went on to tool calls
     # (it is stored so at the end of the turn, or when the run stops).
     message_done_at: int | None = None
@@ -62,21 +66,51 @@ class _Turn:
             await task
 
 
-def _searches(run: Run, name: str | None) -> bool:
-    """Whether a call of this name is the run's file_search tool (a client function of that
-    name would take the name, as the toolset gives it)."""
-    if name != file_search.NAME:
-        return False
+def _builtin(run: Run, name: str | None) -> str | None:
+    """The built-in tool type (file_search, code_interpreter) a call of this name is, if the
+    run has that tool (a client function of the same name would take the name, as the
+    toolset gives it)."""
+    if name not in (file_search.NAME, code_interpreter.NAME):
+        return None
     tools = run.tools or []
-    return any(t.get("type") == "file_search" for t in tools) and not any(
+    if any(t.get("type") == name for t in tools) and not any(
         t.get("type") == "function" and t.get("function", {}).get("name") == name for t in tools
-    )
+    ):
+        return name
+    return None
+
+
+def _image_part(file_id: str) -> dict[str, Any]:
+    return {"type": "image_file", "image_file": {"file_id": file_id}}
+
+
+def _shown_images(steps: list[RunStep]) -> list[str]:
+    """The plots of the run's code_interpreter calls since its last message (they lead the
+    next one, as OpenAI's messages show them)."""
+    images: list[str] = []
+    for step in steps:
+        if step.type == "message_creation":
+            images = []
+            continue
+        for call in step.step_details.get("tool_calls", []):
+            if isinstance(call, dict) and call.get("type") == code_interpreter.NAME:
+                for output in (call.get(code_interpreter.NAME) or {}).get("outputs") or []:
+                    if isinstance(output, dict) and output.get("type") == "image":
+                        images.append(str(output["image"]["file_id"]))
+    return images
 
 
 def _tool_call(call: Call) -> dict[str, Any]:
     if call.details is None and call.kind == "server" and call.name == file_search.NAME:
         # Not run yet: OpenAI shows a file_search call so from the start.
         return {"id": call.id, "type": "file_search", "file_search": {}}
+    if call.details is None and call.kind == "server" and call.name == code_interpreter.NAME:
+        code = code_interpreter.partial_code(call.arguments)
+        return {
+            "id": call.id,
+            "type": "code_interpreter",
+            "code_interpreter": {"input": code, "outputs": []},
+        }
     return {"id": call.id, **(call.details or call.function_details())}
 
 
@@ -87,8 +121,11 @@ class AssistantsRecorder:
         self.turn: _Turn | None = None
         # The step holding the calls of the turn whose server-side calls are being run.
         self.tool_step: RunStep | None = None
-        # What markers in the next turn's answer may cite.
+        # What markers in the next turn's answer may cite, and the files its code wrote.
         self.sources: Sources = {}
+        self.paths: dict[str, str] = {}
+        # The plots the next turn's message shows first.
+        self.images: list[str] = []
         # The run's `include`, once known: what its steps' events show.
         self.include: list[str] | None = None
 
@@ -102,15 +139,25 @@ class AssistantsRecorder:
         return self.include
 
     def _message_content(self, turn: _Turn) -> list[dict[str, Any]]:
+        """The plots the run's code showed since its last message, then the text."""
         text = {"value": turn.cite.value, "annotations": turn.cite.annotations}
-        return [{"type": "text", "text": text}]
+        return [*map(_image_part, turn.images), {"type": "text", "text": text}]
+
+    @staticmethod
+    def _attachments(turn: _Turn) -> list[dict[str, Any]]:
+        """The files the answer links to (`file_path` annotations), as OpenAI attaches them."""
+        linked = dict.fromkeys(
+            a["file_path"]["file_id"] for a in turn.cite.annotations if a["type"] == "file_path"
+        )
+        return [{"file_id": f, "tools": [{"type": code_interpreter.NAME}]} for f in linked]
 
     def _text_delta(self, turn: _Turn, text: dict[str, Any]) -> RunEvent:
         assert turn.message is not None
+        part = {"index": len(turn.images), "type": "text", "text": text}
         payload = {
             "id": turn.message.id,
             "object": "thread.message.delta",
-            "delta": {"content": [{"index": 0, "type": "text", "text": text}]},
+            "delta": {"content": [part]},
         }
         return event("thread.message.delta", payload)
 
@@ -142,7 +189,16 @@ class AssistantsRecorder:
             ).all()
         )
         images = await self._images(session, image_file_ids(messages))
-        self.sources = sources_of([s.step_details for s in steps if s.type == "tool_calls"])
+        calls = [s.step_details for s in steps if s.type == "tool_calls"]
+        self.sources = sources_of(calls)
+        self.paths = paths_of(calls)
+        self.images = _shown_images(steps)
+        notes = []
+        if any(t.get("type") == code_interpreter.NAME for t in run.tools or []):
+            files = await code_interpreter.run_files(session, run.thread_id, run.assistant_id)
+            note = code_interpreter.files_note(files)
+            if note is not None:
+                notes.append(note)
         return build_prompt(
             run,
             messages,
@@ -152,6 +208,7 @@ class AssistantsRecorder:
             prompt_tokens_used=prompt_tokens_used,
             completion_tokens_left=completion_tokens_left,
             functions=functions,
+            notes=notes,
         )
 
     async def _images(self, session: AsyncSession, file_ids: list[str]) -> dict[str, str]:
@@ -195,7 +252,7 @@ class AssistantsRecorder:
     # --- a model turn, as it streams -------------------------------------------------------
 
     def _new_turn(self) -> _Turn:
-        return _Turn(cite=CitationStream(self.sources))
+        return _Turn(cite=CitationStream(self.sources, self.paths), images=list(self.images))
 
     async def text(self, run: Run, delta: str) -> None:
         turn = self.turn = self.turn or self._new_turn()
@@ -251,9 +308,21 @@ class AssistantsRecorder:
                 event("thread.run.step.in_progress", step_out),
                 event("thread.message.created", message_out),
                 event("thread.message.in_progress", message_out),
+                *self._image_deltas(turn),
             ]
         )
         turn.persisting = asyncio.create_task(self.x.insert(message, step, after=FIRST_WRITE_DELAY))
+
+    def _image_deltas(self, turn: _Turn) -> list[RunEvent]:
+        if not turn.images or turn.message is None:
+            return []
+        parts = [{"index": i, **_image_part(f)} for i, f in enumerate(turn.images)]
+        payload = {
+            "id": turn.message.id,
+            "object": "thread.message.delta",
+            "delta": {"content": parts},
+        }
+        return [event("thread.message.delta", payload)]
 
     async def tool_call(self, run: Run, call: Call, name: str | None, arguments: str) -> None:
         turn = self.turn = self.turn or self._new_turn()
@@ -286,11 +355,15 @@ class AssistantsRecorder:
             turn.calls[call.position] = call
             turn.arguments[call.position] = []
         turn.arguments[call.position].append(arguments)
-        if _searches(run, turn.calls[call.position].name or name):
+        builtin = _builtin(run, turn.calls[call.position].name or name)
+        if builtin == file_search.NAME:
             # OpenAI streams a file_search call as its own type, without its arguments.
             if first:
                 search = {"index": call.position, "id": call.id, "type": "file_search"}
                 await self._step_delta(turn.tool_step, {**search, "file_search": {}})
+            return
+        if builtin == code_interpreter.NAME:
+            await self._code_delta(turn, call, first)
             return
         fragment: dict[str, Any] = {"index": call.position, "type": "function"}
         if first:
@@ -300,6 +373,23 @@ class AssistantsRecorder:
             function["name"] = name
         fragment["function"] = function
         await self._step_delta(turn.tool_step, fragment)
+
+    async def _code_delta(self, turn: _Turn, call: Call, first: bool) -> None:
+        """A code_interpreter call streams as OpenAI's: created with an empty input, then
+        the code as it is written (decoded from the arguments' JSON as they stream)."""
+        assert turn.tool_step is not None
+        if first:
+            turn.code_sent[call.position] = ""
+            created = {"input": "", "outputs": []}
+            fragment = {"index": call.position, "id": call.id, "type": "code_interpreter"}
+            await self._step_delta(turn.tool_step, {**fragment, "code_interpreter": created})
+        code = code_interpreter.partial_code("".join(turn.arguments[call.position]))
+        sent = turn.code_sent[call.position]
+        if len(code) > len(sent) and code.startswith(sent):
+            turn.code_sent[call.position] = code
+            fragment = {"index": call.position, "type": "code_interpreter"}
+            delta = {"input": code[len(sent) :]}
+            await self._step_delta(turn.tool_step, {**fragment, "code_interpreter": delta})
 
     async def _step_delta(self, step: RunStep, fragment: dict[str, Any]) -> None:
         payload = {
@@ -318,6 +408,7 @@ class AssistantsRecorder:
         stamp = turn.message_done_at = now()
         message, step = turn.message, turn.message_step
         message.content = self._message_content(turn)
+        message.attachments = self._attachments(turn)
         message.status = "completed"
         message.completed_at = stamp
         step.status = "completed"
@@ -354,6 +445,7 @@ class AssistantsRecorder:
             # The turn's own objects, written back as plain UPDATEs (no re-read).
             message, step = turn.message, turn.message_step
             message.content = self._message_content(turn)
+            message.attachments = self._attachments(turn)
             if end.cut_short and not announced:
                 message.status = "incomplete"
                 message.incomplete_at = stamp
@@ -369,6 +461,7 @@ class AssistantsRecorder:
                 .where(Message.id == message.id)
                 .values(
                     content=message.content,
+                    attachments=message.attachments,
                     status=message.status,
                     completed_at=message.completed_at,
                     incomplete_at=message.incomplete_at,
@@ -514,7 +607,7 @@ class AssistantsRecorder:
             await session.execute(
                 update(Message)
                 .where(Message.id == turn.message.id, Message.status == "in_progress")
-                .values(content=content, **done)
+                .values(content=content, attachments=self._attachments(turn), **done)
                 .execution_options(synchronize_session=False)
             )
             if turn.message_step is not None:
@@ -528,7 +621,7 @@ class AssistantsRecorder:
             await session.execute(
                 update(Message)
                 .where(Message.id == turn.message.id, Message.status == "in_progress")
-                .values(content=content)
+                .values(content=content, attachments=self._attachments(turn))
                 .execution_options(synchronize_session=False)
             )
         if turn.tool_step is not None and turn.calls:

@@ -24,6 +24,7 @@ import secrets
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,7 +235,8 @@ class BwrapSession(SandboxSession):
         try:
             owner: dict[str, Any] = {}
             if self.uid is not None:
-                owner = {"user": self.uid, "group": self.uid, "extra_groups": []}
+                # Not Popen's user= and group=: uvloop's subprocesses do not take them.
+                owner = {"preexec_fn": _become(self.uid)}
             self.process = await asyncio.create_subprocess_exec(
                 *self._argv(fds, info_write),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -354,6 +356,17 @@ class BwrapSession(SandboxSession):
 
     async def read_file(self, path: str, max_bytes: int) -> bytes | None:
         return await asyncio.to_thread(files.read_regular, self.root, path, max_bytes)
+
+
+def _become(uid: int) -> Callable[[], None]:
+    """Drop to `uid` (and its own gid, no supplementary groups) in the child before exec."""
+
+    def drop() -> None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+
+    return drop
 
 
 def _host_uids(pid: int) -> set[int]:

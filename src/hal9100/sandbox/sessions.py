@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hal9100.sandbox.base import SandboxBackend, SandboxSession, SandboxUnavailable
 
@@ -28,6 +28,7 @@ class _Held:
     session: SandboxSession
     started: float
     used: float
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Lease:
     session: SandboxSession
     fresh: bool
     """The session was new to this key: no variables of earlier cells are in it."""
+    files: dict[str, str]
+    """Files put in the session's /mnt/data: file id -> path. Whoever puts one adds it."""
 
 
 class Sessions:
@@ -78,7 +81,7 @@ class Sessions:
                 self.held[key] = held
                 fresh = True
             try:
-                yield Lease(held.session, fresh)
+                yield Lease(held.session, fresh, held.files)
             finally:
                 held.used = time.monotonic()
                 if not held.session.alive and self.held.get(key) is held:

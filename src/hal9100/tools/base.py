@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from hal9100.config import Settings
     from hal9100.db.engine import SessionMaker
     from hal9100.db.models import Run
+    from hal9100.sandbox.sessions import Sessions
     from hal9100.storage.base import ObjectStorage
     from hal9100.vector_stores.search import VectorSearch
 
@@ -55,6 +56,13 @@ class ToolContext:
     call_id: str | None = None
     # The vector stores' search, where the deployment has one.
     vector_search: VectorSearch | None = None
+    # The code_interpreter sessions of this process, where a sandbox can be made.
+    sandbox: Sessions | None = None
+
+
+class ToolUnavailable(Exception):
+    """The tool cannot run here at all (no safe sandbox): the run fails with this message,
+    rather than the model being told and going on without it."""
 
 
 @dataclass(slots=True)

@@ -1,9 +1,8 @@
 """The tools of a run, sorted into what the model is offered and who runs each function.
 
 Function tools are the client's (the run stops at `requires_action` for them); every other
-tool type with an entry in `SERVER_TOOLS` is run by the server: `action` (tools/action/) and
-`file_search` (tools/file_search.py). `code_interpreter` gets its entry with its own issue;
-until then it is stored and returned but offered to the model as nothing.
+tool type with an entry in `SERVER_TOOLS` is run by the server: `action` (tools/action/),
+`file_search` (tools/file_search.py) and `code_interpreter` (tools/code_interpreter.py).
 """
 
 from __future__ import annotations
@@ -17,11 +16,13 @@ from hal9100.llm.base import FunctionTool
 from hal9100.tools.action import ActionTool
 from hal9100.tools.action.spec import parse_in_thread
 from hal9100.tools.base import ServerTool
+from hal9100.tools.code_interpreter import CodeInterpreterTool
 from hal9100.tools.file_search import FileSearchTool
 
 SERVER_TOOLS: dict[str, Callable[[dict[str, Any], Settings], ServerTool]] = {
     "action": ActionTool.from_definition,
     "file_search": FileSearchTool.from_definition,
+    "code_interpreter": CodeInterpreterTool.from_definition,
 }
 
 
