@@ -5,6 +5,7 @@ what OpenAI's do."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -283,5 +284,52 @@ def test_without_a_sandbox_the_run_fails_closed(
         assert run.status == "failed"
         assert run.last_error is not None and run.last_error.code == "server_error"
         assert "sandbox" in run.last_error.message and "hal9100 sandbox" in run.last_error.message
+    finally:
+        client.close()
+
+
+def test_every_run_of_a_thread_finds_its_session(sdk: openai.OpenAI, raw: httpx.Client) -> None:
+    """In production the runs of one thread are routed to the worker holding its session
+    (two workers here: without routing about half the second runs would miss it)."""
+    assistant_id = _assistant(sdk)
+    threads = [
+        sdk.beta.threads.create(
+            messages=[{"role": "user", "content": _call(f"kept = {n}") + " keep"}]
+        ).id
+        for n in range(6)
+    ]
+    for thread_id in threads:
+        _run(sdk, thread_id, assistant_id)
+    for n, thread_id in enumerate(threads):
+        sdk.beta.threads.messages.create(
+            thread_id, role="user", content=_call("print(kept)") + " show"
+        )
+        run = _run(sdk, thread_id, assistant_id)
+        (call,) = _code_calls(raw, thread_id, run.id)
+        assert call["code_interpreter"]["outputs"] == [{"type": "logs", "logs": f"{n}\n"}]
+
+
+def test_a_session_that_ended_is_reported_lost(
+    mode: str, own_deployment: DeployFactory, scripted_llm: ScriptedLLM
+) -> None:
+    if mode != "embedded":
+        pytest.skip("the idle lifetime is the same code in both modes")
+    deployment = own_deployment(HAL9100_SANDBOX_IDLE_SECONDS="1")
+    client = make_client(deployment.urls)
+    try:
+        assistant_id = _assistant(client)
+        thread = client.beta.threads.create(
+            messages=[{"role": "user", "content": _call("gone = 1") + " set"}]
+        )
+        _run(client, thread.id, assistant_id)
+        time.sleep(2.5)
+        tag = marker()
+        client.beta.threads.messages.create(
+            thread.id, role="user", content=f"{tag} {_call('print(gone)')} get"
+        )
+        _run(client, thread.id, assistant_id)
+        told = requests_with(scripted_llm, tag)[-1]["messages"][-1]["content"]
+        assert told.startswith("Note: the Python session of this conversation was reset")
+        assert "NameError" in told
     finally:
         client.close()

@@ -25,6 +25,7 @@ from hal9100.events.base import EventBus
 from hal9100.llm.router import ModelRouter
 from hal9100.queue.base import TaskQueue
 from hal9100.retrieval.base import ChunkIndex
+from hal9100.sandbox.directory import LocalDirectory, RedisDirectory, SessionDirectory
 from hal9100.storage.base import ObjectStorage
 from hal9100.vector_stores.search import VectorSearch
 
@@ -65,6 +66,8 @@ class Runtime:
     # None: keyword search only (HAL9100_EMBEDDINGS=none, or no model to be had).
     embedder: Embedder | None
     vector_search: VectorSearch
+    # Which worker holds each thread's code_interpreter session (runs are routed to it).
+    directory: SessionDirectory
 
     def _parts(self) -> dict[str, tuple[str, str, Callable[[], Awaitable[None]]]]:
         """Each backend this process depends on: its name, the variable that configures it,
@@ -143,6 +146,7 @@ class Runtime:
             self.bus.aclose,
             self.router.aclose,
             self.index.aclose,
+            self.directory.aclose,
             *([self.embedder.aclose] if self.embedder is not None else []),
             self.storage.aclose,
             self.engine.dispose,
@@ -233,7 +237,15 @@ def make_embedder(settings: Settings) -> Embedder | None:
     return LocalEmbedder(settings.embedding_model_dir, threads=settings.embedding_threads)
 
 
-def make_sandbox(settings: Settings) -> Sessions | None:
+def make_directory(settings: Settings) -> SessionDirectory:
+    if settings.redis_url:
+        return RedisDirectory(settings.redis_url, settings.redis_prefix)
+    return LocalDirectory()
+
+
+def make_sandbox(
+    settings: Settings, directory: SessionDirectory, worker_id: str
+) -> Sessions | None:
     """The code_interpreter sessions a worker runs code in; None when the tool is refused
     (HAL9100_SANDBOX=none). A backend that cannot be made safely is still returned: each
     call that needs it fails closed, saying why."""
@@ -248,6 +260,8 @@ def make_sandbox(settings: Settings) -> Sessions | None:
         idle_seconds=settings.sandbox_idle_seconds,
         max_seconds=settings.sandbox_max_seconds,
         max_sessions=settings.sandbox_max_sessions,
+        directory=directory,
+        worker_id=worker_id,
     )
 
 
@@ -278,6 +292,7 @@ async def build_runtime(settings: Settings) -> Runtime:
         index=index,
         embedder=embedder,
         vector_search=VectorSearch(sessions, index, embedder),
+        directory=make_directory(settings),
     )
 
 

@@ -41,14 +41,15 @@ class Worker:
     def __init__(self, runtime: Runtime, concurrency: int) -> None:
         self.runtime = runtime
         self.concurrency = concurrency
-        self.sandbox = make_sandbox(runtime.settings)
+        worker_id = new_worker_id()
+        self.sandbox = make_sandbox(runtime.settings, runtime.directory, worker_id)
         self.engine = Engine(
             sessions=runtime.sessions,
             bus=runtime.bus,
             router=runtime.router,
             storage=runtime.storage,
             settings=runtime.settings,
-            worker_id=new_worker_id(),
+            worker_id=worker_id,
             recorder=self._recorder,
             vector_search=runtime.vector_search,
             sandbox=self.sandbox,
@@ -75,6 +76,7 @@ class Worker:
                 EXECUTE_RUN: self.concurrency,
                 INGEST_FILE: self.runtime.settings.ingest_concurrency,
             },
+            worker=self.engine.worker_id,
         )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="run-sweeper")
         if self.sandbox is not None and not await self.sandbox.backend.problems():

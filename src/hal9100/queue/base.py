@@ -30,14 +30,22 @@ Handler = Callable[[str], Awaitable[None]]
 
 
 class TaskQueue(Protocol):
-    async def enqueue(self, task: str, key: str) -> None: ...
+    async def enqueue(self, task: str, key: str, *, worker: str | None = None) -> None:
+        """Queue the task; with `worker`, for that worker only (a run routed to the worker
+        holding its thread's code_interpreter session). A queue with one consumer process
+        ignores it."""
+        ...
 
     async def start_consuming(
-        self, handlers: Mapping[str, Handler], concurrency: Mapping[str, int]
+        self,
+        handlers: Mapping[str, Handler],
+        concurrency: Mapping[str, int],
+        worker: str | None = None,
     ) -> None:
         """Begin calling `handlers[task](key)` for queued tasks, at most `concurrency[task]`
-        of each task at once. Each task has a lane of its own: a batch of 2,000 files to
-        ingest never holds up a run, nor runs a file."""
+        of each task at once, and also the tasks queued for `worker`. Each task has a lane
+        of its own: a batch of 2,000 files to ingest never holds up a run, nor runs a
+        file."""
         ...
 
     async def aclose(self) -> None:

@@ -22,11 +22,15 @@ class MemoryTaskQueue:
     def _lane(self, task: str) -> asyncio.Queue[str | None]:
         return self._queues.setdefault(task, asyncio.Queue())
 
-    async def enqueue(self, task: str, key: str) -> None:
+    async def enqueue(self, task: str, key: str, *, worker: str | None = None) -> None:
+        # One process consumes everything: there is no other worker to route to.
         self._lane(task).put_nowait(key)
 
     async def start_consuming(
-        self, handlers: Mapping[str, Handler], concurrency: Mapping[str, int]
+        self,
+        handlers: Mapping[str, Handler],
+        concurrency: Mapping[str, int],
+        worker: str | None = None,
     ) -> None:
         for task, handler in handlers.items():
             lane = self._lane(task)

@@ -51,25 +51,28 @@ class RedisTaskQueue:
         self._workers: list[tuple[Worker[Any], asyncio.Task[None]]] = []
         self._closed = False
 
-    def queue(self, task: str) -> _Queue:
-        if task not in self._queues:
+    def queue(self, task: str, worker: str | None = None) -> _Queue:
+        lane = f"{task}@{worker}" if worker else task
+        if lane not in self._queues:
             name = f"{self.prefix}-runs" if task == EXECUTE_RUN else f"{self.prefix}-{task}"
+            if worker:
+                name = f"{name}@{worker}"
             queue = _Queue.from_url(self.url, name=name)
             assert isinstance(queue, _Queue)
-            self._queues[task] = queue
-        return self._queues[task]
+            self._queues[lane] = queue
+        return self._queues[lane]
 
-    async def enqueue(self, task: str, key: str) -> None:
+    async def enqueue(self, task: str, key: str, *, worker: str | None = None) -> None:
         """Hand the task to a worker. If Redis is down its work stays on record in the
         database (a run stays queued), and the sweeper dispatches it once its dispatch
         deadline passes."""
         try:
-            await self._enqueue(task, key)
+            await self._enqueue(task, key, worker)
         except (RedisConnectionError, RedisTimeoutError, OSError):
             log.warning("%s %s: Redis unavailable, leaving dispatch to the sweeper", task, key)
 
-    async def _enqueue(self, task: str, key: str) -> None:
-        await self.queue(task).enqueue(
+    async def _enqueue(self, task: str, key: str, worker: str | None) -> None:
+        await self.queue(task, worker).enqueue(
             task,
             task_key=key,
             # A fresh job key each time: the same run is queued again after tool outputs
@@ -81,7 +84,10 @@ class RedisTaskQueue:
         )
 
     async def start_consuming(
-        self, handlers: Mapping[str, Handler], concurrency: Mapping[str, int]
+        self,
+        handlers: Mapping[str, Handler],
+        concurrency: Mapping[str, int],
+        worker: str | None = None,
     ) -> None:
         def job(handler: Handler) -> Any:
             async def run(ctx: dict[str, Any], **kwargs: Any) -> None:
@@ -90,9 +96,15 @@ class RedisTaskQueue:
 
             return run
 
-        for task, handler in handlers.items():
-            worker: Worker[Any] = Worker(
-                self.queue(task),
+        lanes: list[tuple[str, str | None]] = [(task, None) for task in handlers]
+        if worker:
+            # Runs routed to this worker (its code_interpreter sessions), in a lane of its
+            # own that no other worker reads.
+            lanes += [(task, worker) for task in handlers if task == EXECUTE_RUN]
+        for task, own in lanes:
+            handler = handlers[task]
+            consumer: Worker[Any] = Worker(
+                self.queue(task, own),
                 functions=[(task, job(handler))],
                 concurrency=concurrency[task],
                 shutdown_grace_period_s=self.drain_seconds,
@@ -104,10 +116,9 @@ class RedisTaskQueue:
             )
             # The process owns its signals (uvicorn's, or `hal9100 worker`'s drain); SAQ
             # must not take them over.
-            worker.SIGNALS = []
-            self._workers.append(
-                (worker, asyncio.create_task(worker.start(), name=f"saq-worker-{task}"))
-            )
+            consumer.SIGNALS = []
+            name = f"saq-worker-{task}" + (f"@{own}" if own else "")
+            self._workers.append((consumer, asyncio.create_task(consumer.start(), name=name)))
 
     async def aclose(self) -> None:
         """Stop taking tasks, let the ones in hand finish (up to drain_seconds), then go."""

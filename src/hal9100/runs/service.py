@@ -174,7 +174,11 @@ async def _dispatch(
         position = await runtime.bus.position(run.id)
         for item in events:
             await runtime.bus.publish(run.id, item)
-    await runtime.queue.enqueue(EXECUTE_RUN, run.id)
+    # A thread's code_interpreter session lives in one worker: its runs go there.
+    worker = None
+    if any(t.get("type") == "code_interpreter" for t in run.tools or []):
+        worker = await runtime.directory.owner(run.thread_id)
+    await runtime.queue.enqueue(EXECUTE_RUN, run.id, worker=worker)
     return Started(run=run, position=position)
 
 

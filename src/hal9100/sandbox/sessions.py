@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from hal9100.sandbox.base import SandboxBackend, SandboxSession, SandboxUnavailable
+from hal9100.sandbox.directory import BEAT_SECONDS, LocalDirectory, SessionDirectory
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,12 @@ class Sessions:
         idle_seconds: float,
         max_seconds: float,
         max_sessions: int,
+        directory: SessionDirectory | None = None,
+        worker_id: str = "",
     ) -> None:
         self.backend = backend
+        self.directory = directory or LocalDirectory()
+        self.worker_id = worker_id
         self.pool_size = pool_size
         self.idle_seconds = idle_seconds
         self.max_seconds = max_seconds
@@ -80,6 +85,8 @@ class Sessions:
                 held = await self._take()
                 self.held[key] = held
                 fresh = True
+            # Runs of this thread are routed here while the session lives (and is used).
+            await self.directory.claim(key, self.worker_id, self.idle_seconds)
             try:
                 yield Lease(held.session, fresh, held.files)
             finally:
@@ -97,6 +104,7 @@ class Sessions:
     async def end(self, key: str) -> None:
         held = self.held.pop(key, None)
         if held is not None:
+            await self.directory.release(key, self.worker_id)
             await held.session.close()
 
     async def _take(self) -> _Held:
@@ -150,8 +158,10 @@ class Sessions:
         self._fill()
 
     async def _reap_forever(self) -> None:
+        every = min(BEAT_SECONDS, self.idle_seconds / 4)
         while True:
-            await asyncio.sleep(min(30.0, self.idle_seconds / 4))
+            await self.directory.beat(self.worker_id)
+            await asyncio.sleep(every)
             try:
                 await self.reap()
             except Exception:
