@@ -542,14 +542,17 @@ def test_run_tools_replace_the_assistants(client: openai.OpenAI, scripted_llm: S
         tools=[TIME_TOOL],
     )
     assert [t["function"]["name"] for t in _only(scripted_llm, mark)["tools"]] == ["get_time"]
-    # Built-in tools are not functions the model can call here.
+    # A built-in tool is offered as the function the server runs for it.
     mark = marker()
     _run(
         client,
         [{"role": "user", "content": mark}],
-        assistant={"tools": [{"type": "code_interpreter"}]},
+        assistant={"tools": [WEATHER_TOOL]},
+        tools=[{"type": "code_interpreter"}],
     )
-    assert "tools" not in _only(scripted_llm, mark)
+    assert [t["function"]["name"] for t in _only(scripted_llm, mark)["tools"]] == [
+        "code_interpreter"
+    ]
 
 
 # --------------------------------------------------------------------------- images

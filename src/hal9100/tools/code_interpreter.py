@@ -251,8 +251,7 @@ class CodeInterpreterTool:
         sandboxes = ctx.sandbox
         if sandboxes is None:
             raise ToolUnavailable(
-                "code_interpreter is not available on this server: no sandbox is set up "
-                "(see `hal9100 sandbox check`)"
+                "code_interpreter is disabled on this server (HAL9100_SANDBOX=none)"
             )
         run = ctx.run
         async with ctx.sessions() as session:
