@@ -79,7 +79,7 @@ def timing(name: str, seconds: list[float]) -> str:
     """One line: milliseconds, p50 / p95 / mean / min / max over the repeats."""
     values = [s * 1000 for s in seconds]
     return (
-        f"{name:<44} n={len(values):<4} p50 {percentile(values, 50):8.1f}  "
+        f"{name:<48} n={len(values):<4} p50 {percentile(values, 50):8.1f}  "
         f"p95 {percentile(values, 95):8.1f}  mean {statistics.fmean(values):8.1f}  "
         f"min {min(values):8.1f}  max {max(values):8.1f}  ms"
     )
@@ -88,7 +88,7 @@ def timing(name: str, seconds: list[float]) -> str:
 def memory(name: str, kib: list[int]) -> str:
     values = [k / 1024 for k in kib]
     spread = f" (min {min(values):.1f}, max {max(values):.1f})" if len(values) > 1 else ""
-    return f"{name:<44} n={len(values):<4} mean {statistics.fmean(values):7.1f} MiB{spread}"
+    return f"{name:<48} n={len(values):<4} mean {statistics.fmean(values):7.1f} MiB{spread}"
 
 
 # --------------------------------------------------------------------------- /proc
@@ -137,9 +137,17 @@ def own_counts() -> tuple[int, int, int]:
     return threads, fds, rollup(os.getpid()).get("Rss", 0)
 
 
-def leftover_pids(sessions: list[int]) -> list[int]:
-    """Sandbox processes still alive after every session was closed."""
-    return [pid for root in sessions for pid in descendants(root) if os.path.exists(f"/proc/{pid}")]
+def leftover_pids(roots: list[int]) -> list[str]:
+    """Sandbox processes still alive after every session was closed (pid, state, command)."""
+    left = []
+    for pid in {pid for root in roots for pid in descendants(root)}:
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as handle:
+                stat = handle.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace")[:80]
+            left.append(f"{pid} {stat[stat.rindex(')') + 2]} {command}")
+    return left
 
 
 # --------------------------------------------------------------------------- measurements
@@ -229,6 +237,7 @@ class Bench:
             for _ in range(10):
                 await cell(session, "1")
             trivial = [(await cell(session, "1"))[0] for _ in range(self.cells)]
+            again = [(await cell(session, IMPORTS))[0] for _ in range(self.repeat)]
             printed, plotted = [], []
             lines = png = 0
             for _ in range(self.repeat):
@@ -243,6 +252,7 @@ class Bench:
         finally:
             await session.close()
         print(timing("trivial cell `1` round trip", trivial), flush=True)
+        print(timing("import cell, warmed session, nothing else running", again))
         print(timing("cell printing 10,000 lines (capped)", printed), flush=True)
         print(f"    (its logs kept {lines} lines, the cap is 64 KiB)")
         print(timing("plot cell (plt.plot + plt.show, one PNG)", plotted), flush=True)
@@ -321,8 +331,11 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         await backend.aclose()
     await asyncio.sleep(0.5)
-    left = leftover_pids(bench.roots)
+    # Also bubblewrap's outer processes, children of this one.
+    left = leftover_pids([*bench.roots, *descendants(os.getpid())[1:]])
     print(f"\nsandboxes started: {len(bench.roots)}; processes left after closing: {len(left)}")
+    for line in left:
+        print(f"    {line}")
     print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 1 if left else 0
 

@@ -14,9 +14,18 @@ from hal9100.tools import file_search
 SOURCES = {(0, 0): "file-a", (0, 1): "file-b", (1, 0): "file-c", (12, 3): "file-d"}
 
 
-def _streamed(pieces: list[str], sources: Any = SOURCES) -> tuple[str, list[dict[str, Any]]]:
+PATHS = {
+    "/mnt/data/out.csv": "file-o",
+    "/mnt/data/dir/plot.png": "file-p",
+    "/mnt/data/a.": "file-q",
+}
+
+
+def _streamed(
+    pieces: list[str], sources: Any = SOURCES, paths: Any = PATHS
+) -> tuple[str, list[dict[str, Any]]]:
     """What a client accumulates from the deltas, checked against what the stream stores."""
-    stream = CitationStream(sources)
+    stream = CitationStream(sources, paths)
     value = ""
     annotations: list[dict[str, Any]] = []
     for emitted in [*(stream.feed(p) for p in pieces), stream.finish()]:
@@ -127,6 +136,20 @@ _PIECES = st.lists(
     st.one_of(
         st.sampled_from(["【0:0†a】", "【0:1†b.pdf】", "[1:0†c]", "【12:3†source】", "【5:5†x】"]),
         st.sampled_from(["【", "】", "[", "]", "†", ":", "0", "1", "12", "\n", " "]),
+        st.sampled_from(
+            [
+                "sandbox:/mnt/data/out.csv",
+                "sandbox:/mnt/data/dir/plot.png",
+                "sandbox:/mnt/data/a.",
+                "sandbox:/mnt/data/",
+                "sandbox:",
+                "sand",
+                "s",
+                "(",
+                ")",
+                ".",
+            ]
+        ),
         st.text(max_size=8),
     ),
     max_size=30,
@@ -139,14 +162,18 @@ def test_any_split_streams_what_the_whole_makes(parts: list[str], data: st.DataO
     text = "".join(parts)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=12)))
     pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
-    whole = annotate(text, SOURCES)
+    whole = annotate(text, SOURCES, PATHS)
     assert _streamed(pieces) == whole
     value, notes = whole
     for note in notes:
         assert value[note["start_index"] : note["end_index"]] == note["text"]
     # Only markers are ever removed: without any, the text is untouched.
     if "†" not in text:
-        assert value == text and notes == []
+        assert value == text
+        assert all(n["type"] == "file_path" for n in notes)
+    for note in notes:
+        if note["type"] == "file_path":
+            assert PATHS[note["text"].removeprefix("sandbox:")] == note["file_path"]["file_id"]
 
 
 # --- the file_search tool's own pieces ---------------------------------------------------------
@@ -208,3 +235,24 @@ def test_replayed_output_is_what_the_model_read() -> None:
     assert file_search.replayed_arguments(done.details) == '{"query": "q"}'
     empty = tool._output({"query": "q"}, 2, ["q"], [], "There are no files to search.")
     assert file_search.replayed_output(empty.details) == empty.output
+
+
+def test_sandbox_links_become_file_path_annotations() -> None:
+    text = (
+        "Get [it](sandbox:/mnt/data/out.csv). Or sandbox:/mnt/data/out.csv, "
+        "not sandbox:/mnt/data/other.csv, nor sandbox:/etc/passwd."
+    )
+    value, notes = annotate(text, {}, PATHS)
+    assert value == text  # links stay in the text, as OpenAI's do
+    assert [(n["text"], n["file_path"]["file_id"]) for n in notes] == [
+        ("sandbox:/mnt/data/out.csv", "file-o"),
+        ("sandbox:/mnt/data/out.csv", "file-o"),
+    ]
+    for note in notes:
+        assert value[note["start_index"] : note["end_index"]] == note["text"]
+
+
+def test_a_link_split_anywhere_is_held_until_whole() -> None:
+    text = "see sandbox:/mnt/data/dir/plot.png now"
+    for cut in range(len(text) + 1):
+        assert _streamed([text[:cut], text[cut:]]) == annotate(text, {}, PATHS)
