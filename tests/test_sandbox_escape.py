@@ -429,3 +429,25 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return "\nState:\tZ" not in status
+
+
+async def test_a_session_has_a_cgroup_of_its_own_where_one_can_be_had(
+    backend: BwrapBackend, session: SandboxSession
+) -> None:
+    from hal9100.sandbox.bwrap import BwrapSession
+
+    assert isinstance(session, BwrapSession)
+    if session.group is None:
+        if os.geteuid() == 0 and Path("/sys/fs/cgroup/pids/cgroup.procs").is_file():
+            pytest.fail("root with cgroup v1's pids hierarchy, yet no cgroup was made")
+        pytest.skip("no cgroup can be had here (not root, or no delegated controllers)")
+    kernel_pid = int(
+        Path(f"/proc/{session.pid}/task/{session.pid}/children").read_text().split()[0]
+    )
+    memberships = Path(f"/proc/{kernel_pid}/cgroup").read_text()
+    assert f"session-{session.id}" in memberships
+    limits = [d / "pids.max" for d in session.group.directories if (d / "pids.max").exists()]
+    assert [p.read_text().strip() for p in limits] == [str(backend.config.limits.processes)]
+    directories = list(session.group.directories)
+    await session.close()
+    assert not any(d.exists() for d in directories)

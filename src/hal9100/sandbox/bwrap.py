@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hal9100.sandbox import files, kernel, python_env, seccomp
+from hal9100.sandbox import cgroup, files, kernel, python_env, seccomp
 from hal9100.sandbox.base import (
     DATA_DIR,
     CellResult,
@@ -112,6 +112,7 @@ class BwrapSession(SandboxSession):
         self.process: asyncio.subprocess.Process | None = None
         self.pid = 0
         self.kernel: kernel.Kernel | None = None
+        self.group: cgroup.SessionGroup | None = None
         self.started_at = time.monotonic()
 
     # --- start and stop -------------------------------------------------------------------
@@ -235,8 +236,14 @@ class BwrapSession(SandboxSession):
         try:
             owner: dict[str, Any] = {}
             if self.uid is not None:
+                limits = self.backend.config.limits
+                self.group = cgroup.SessionGroup.create(
+                    f"session-{self.id}",
+                    limits.processes,
+                    limits.memory_bytes + limits.data_bytes + 2 * limits.tmp_bytes,
+                )
                 # Not Popen's user= and group=: uvloop's subprocesses do not take them.
-                owner = {"preexec_fn": _become(self.uid)}
+                owner = {"preexec_fn": _become(self.uid, self.group)}
             self.process = await asyncio.create_subprocess_exec(
                 *self._argv(fds, info_write),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -309,8 +316,19 @@ class BwrapSession(SandboxSession):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
         if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
+            # bwrap's outer process reaps the sandbox's init and exits on its own: killed at
+            # once, it would leave that init a zombie for the host's init to collect (and
+            # in a container whose pid 1 is this server, nobody would).
+            try:
+                if self.pid <= 0:
+                    raise TimeoutError  # no sandbox yet: nothing to wait for
+                await asyncio.wait_for(self.process.wait(), 2)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self.group is not None:
+            group, self.group = self.group, None
+            await asyncio.to_thread(group.remove)
         self.backend._forget(self)
 
     # --- code and files -------------------------------------------------------------------
@@ -358,10 +376,13 @@ class BwrapSession(SandboxSession):
         return await asyncio.to_thread(files.read_regular, self.root, path, max_bytes)
 
 
-def _become(uid: int) -> Callable[[], None]:
-    """Drop to `uid` (and its own gid, no supplementary groups) in the child before exec."""
+def _become(uid: int, group: cgroup.SessionGroup | None) -> Callable[[], None]:
+    """In the child before exec: enter the session's cgroup (while still root), then drop to
+    `uid` (and its own gid, no supplementary groups)."""
 
     def drop() -> None:
+        if group is not None:
+            group.enter()
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
@@ -415,6 +436,7 @@ class BwrapBackend(SandboxBackend):
             found.append(str(error))
         if not hasattr(os, "memfd_create") or not Path("/proc/self/root").exists():
             found.append("the bubblewrap sandbox needs Linux")
+        cgroup.sweep_stale()
         return found
 
     def _uid(self) -> int | None:

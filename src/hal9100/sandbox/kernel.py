@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -106,13 +107,27 @@ class _Collector:
         return self.outcome
 
 
+_context: zmq.asyncio.Context | None = None
+
+
+def _shared_context() -> zmq.asyncio.Context:
+    """One ZeroMQ context for every kernel client of the process: a context of its own per
+    client would cost each session two I/O threads."""
+    global _context
+    if _context is None or _context.closed:
+        _context = zmq.asyncio.Context()
+    return _context
+
+
 class Kernel:
     """A client of one kernel."""
 
     def __init__(self, info: dict[str, Any]) -> None:
-        self.client = AsyncKernelClient()
+        self.client = AsyncKernelClient(context=_shared_context())
         self.client.load_connection_info(cast(Any, info))
-        self.client.start_channels()
+        # No heartbeat channel (a thread per client): the kernel's end is seen as its
+        # process's end.
+        self.client.start_channels(hb=False)
 
     async def wait_ready(self, within: float) -> None:
         await self.client.wait_for_ready(timeout=within)
