@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -215,7 +214,15 @@ async def test_server_out_of_reach_and_kill_all_harmless(
 async def test_sandbox_mapped_to_host_root_is_refused(backend: BwrapBackend) -> None:
     if os.geteuid() != 0:
         pytest.skip("only a server running as root could map the sandbox to root")
-    as_root = BwrapBackend(replace(backend.config, uid_base=0))
+
+    class AsRoot(BwrapBackend):
+        """A backend that hands out the host's root as a session's uid (a configuration
+        error the guard must catch)."""
+
+        def _uid(self) -> tuple[int, int] | None:
+            return 0, -1
+
+    as_root = AsRoot(backend.config)
     with pytest.raises(SandboxUnavailable, match="host's root"):
         await as_root.start()
     await as_root.aclose()
@@ -438,16 +445,113 @@ async def test_a_session_has_a_cgroup_of_its_own_where_one_can_be_had(
 
     assert isinstance(session, BwrapSession)
     if session.group is None:
-        if os.geteuid() == 0 and Path("/sys/fs/cgroup/pids/cgroup.procs").is_file():
+        if os.geteuid() == 0 and _exists("/sys/fs/cgroup/pids/cgroup.procs"):
             pytest.fail("root with cgroup v1's pids hierarchy, yet no cgroup was made")
         pytest.skip("no cgroup can be had here (not root, or no delegated controllers)")
-    kernel_pid = int(
-        Path(f"/proc/{session.pid}/task/{session.pid}/children").read_text().split()[0]
-    )
-    memberships = Path(f"/proc/{kernel_pid}/cgroup").read_text()
+    kernel_pid = int(_read(f"/proc/{session.pid}/task/{session.pid}/children").split()[0])
+    memberships = _read(f"/proc/{kernel_pid}/cgroup")
     assert f"session-{session.id}" in memberships
     limits = [d / "pids.max" for d in session.group.directories if (d / "pids.max").exists()]
     assert [p.read_text().strip() for p in limits] == [str(backend.config.limits.processes)]
     directories = list(session.group.directories)
     await session.close()
     assert not any(d.exists() for d in directories)
+
+
+async def test_the_server_never_follows_links_planted_for_its_kernel_sockets(
+    session: SandboxSession, tmp_path: Path
+) -> None:
+    """The code replaces the kernel's socket names by links to a socket of the host and
+    drops the server's connections: the server must not connect anywhere else."""
+    import socket as socket_module
+
+    host = socket_module.socket(socket_module.AF_UNIX)
+    path = str(tmp_path / "host.sock")
+    host.bind(path)
+    host.listen(8)
+    host.setblocking(False)
+    os.chmod(path, 0o777)
+    code = f"""
+import os, socket
+for n in ("1", "2", "3", "4", "5"):
+    name = "/run/hal9100/kernel-" + n
+    os.rename(name, name + ".orig")
+    os.symlink({path!r}, name)
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        if not os.readlink(f"/proc/self/fd/{{fd}}").startswith("socket:"):
+            continue
+        sock = socket.socket(fileno=os.dup(int(fd)))
+        try:
+            if sock.family == socket.AF_UNIX and not sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+            ):
+                sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+    except OSError:
+        pass
+"""
+    await session.run_cell(code, 5)
+    await asyncio.sleep(1.5)
+    try:
+        host.accept()
+        reached = True
+    except BlockingIOError:
+        reached = False
+    finally:
+        host.close()
+    assert not reached, "the server connected to a socket the code chose"
+
+
+async def test_stderr_floods_do_not_hang_later_cells(session: SandboxSession) -> None:
+    await run(
+        session,
+        "import os, subprocess\n"
+        "for _ in range(32):\n    os.write(2, b'x' * 65536)\n"
+        "subprocess.run(['sh', '-c', 'head -c 2000000 /dev/zero >&2'])",
+    )
+    started = time.monotonic()
+    logs = await run(
+        session, "import subprocess\nsubprocess.run(['sh', '-c', 'echo small >&2'])\nprint('ok')"
+    )
+    assert "ok" in logs and time.monotonic() - started < 10
+
+
+async def test_a_huge_message_does_not_reach_the_server(
+    backend: BwrapBackend, session: SandboxSession
+) -> None:
+    result = await session.run_cell(
+        "from IPython.display import display\ndisplay({'text/plain': 'A' * (200 << 20)}, raw=True)",
+        10,
+    )
+    assert len(result.logs) < 70_000
+    # The session may be gone (its connection dropped): others are not.
+    other = await backend.start()
+    try:
+        assert "2" in await run(other, "1 + 1")
+    finally:
+        await other.close()
+
+
+def _read(path: str) -> str:
+    return Path(path).read_text()
+
+
+def _exists(path: str) -> bool:
+    return Path(path).exists()
+
+
+async def test_sessions_of_two_server_processes_never_share_a_uid(backend: BwrapBackend) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only a server running as root gives each session a uid of its own")
+    other_process = BwrapBackend(backend.config)  # another worker's backend, same range
+    mine = [backend._uid() for _ in range(40)]
+    theirs = [other_process._uid() for _ in range(40)]
+    try:
+        uids = [claimed[0] for claimed in [*mine, *theirs] if claimed is not None]
+        assert len(uids) == 80 and len(set(uids)) == 80
+    finally:
+        for claimed in [*mine, *theirs]:
+            if claimed is not None:
+                os.close(claimed[1])

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import secrets
 import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ _ETC = "/etc/hal9100"
 _PYTHON = "/opt/python"
 _SANDBOX_UID = 1000
 UID_SLOTS = 65536
+UID_LOCKS = "/run/hal9100-sandbox-uids"
 
 
 @dataclass(frozen=True)
@@ -105,15 +108,23 @@ def _data_fd(data: bytes) -> int:
 
 
 class BwrapSession(SandboxSession):
-    def __init__(self, backend: BwrapBackend, uid: int | None) -> None:
+    def __init__(self, backend: BwrapBackend, uid: int | None, uid_lock: int) -> None:
         self.id = secrets.token_hex(8)
         self.backend = backend
         self.uid = uid
+        # Held while the session lives: the uid is this session's alone on the machine.
+        self.uid_lock = uid_lock
         self.process: asyncio.subprocess.Process | None = None
         self.pid = 0
         self.kernel: kernel.Kernel | None = None
         self.group: cgroup.SessionGroup | None = None
         self.started_at = time.monotonic()
+        self._pidfd = -1
+        self._proc = -1
+        self._pinned: list[int] = []
+        self._links: str | None = None
+        self._draining: asyncio.Task[None] | None = None
+        self._stderr_tail = b""
 
     # --- start and stop -------------------------------------------------------------------
 
@@ -252,8 +263,8 @@ class BwrapSession(SandboxSession):
                 pass_fds=[*fds.values(), info_write],
                 start_new_session=True,
                 # bubblewrap's own process stays in the sandbox (its pid 1), where the code
-                # can read its environment: give it none of the server's secrets.
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
+                # can read its environment: give it nothing of the server's.
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
                 **owner,
             )
         finally:
@@ -266,61 +277,96 @@ class BwrapSession(SandboxSession):
             )
         finally:
             os.close(info_read)
+        # What the sandbox writes to its stderr is drained for good (ipykernel echoes the
+        # code's fd 2 there: an unread pipe would fill and hang the next cell), keeping the
+        # end of it for the error of a start that fails.
+        self._draining = asyncio.create_task(self._drain_stderr())
         try:
-            self.pid = int(json.loads(info)["child-pid"])
-        except (ValueError, KeyError, TypeError):
-            message = await self._stderr()
+            self._hold(int(json.loads(info)["child-pid"]))
+        except (ValueError, KeyError, TypeError, OSError):
             await self.close()
+            message = self._stderr_tail.decode(errors="replace").strip()
             raise SandboxUnavailable(f"bubblewrap did not start the sandbox: {message}") from None
         if _host_uids(self.pid) & {0}:
             # Code inside would be root on the host wherever a namespace lets it through
             # (`/proc/sys`, files the host's root owns): never run it.
             await self.close()
             raise SandboxUnavailable("the sandbox would run as the host's root: refused")
-        self.kernel = kernel.Kernel(kernel.connection_info(f"{self.root}{_SOCKETS}/kernel", key))
         try:
+            links = await asyncio.wait_for(
+                asyncio.to_thread(self._pin_sockets), self.backend.config.start_timeout
+            )
+            self.kernel = kernel.Kernel(kernel.connection_info(f"{links}/kernel", key))
             await self.kernel.wait_ready(self.backend.config.start_timeout)
         except Exception as error:
-            message = await self._stderr()
             await self.close()
+            message = self._stderr_tail.decode(errors="replace").strip()
             raise SandboxUnavailable(
-                f"the sandbox's kernel did not start: {message or error}"
+                f"the sandbox's kernel did not start: {message or repr(error)}"
             ) from None
 
-    async def _stderr(self) -> str:
-        if self.process is None or self.process.stderr is None:
-            return ""
-        try:
-            data = await asyncio.wait_for(self.process.stderr.read(4096), 2)
-        except TimeoutError:
-            return ""
-        return data.decode(errors="replace").strip()
+    def _hold(self, pid: int) -> None:
+        """Keep hold of the sandbox's init by descriptor, not by number: once it is gone its
+        pid may be another process's, which a kill or a path through /proc would reach."""
+        self.pid = pid
+        self._pidfd = os.pidfd_open(pid)
+        self._proc = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _pin_sockets(self) -> str:
+        """Wait for the kernel's sockets, then pin each by descriptor, checked to be a socket
+        and reached without following a link, in a directory of the server's own: the code
+        inside may replace the names in its tmpfs by links to any socket of the host, and the
+        server's connections must never follow them."""
+        deadline = time.monotonic() + self.backend.config.start_timeout
+        parts = [*_SOCKETS.strip("/").split("/")]
+        while True:
+            try:
+                pinned = [
+                    files.open_socket(self.root, [*parts, f"kernel-{port}"])
+                    for port in kernel.CLIENT_PORTS
+                ]
+                break
+            except FileNotFoundError:
+                if time.monotonic() > deadline or not self.alive:
+                    raise
+                time.sleep(0.02)
+        self._pinned = pinned
+        self._links = tempfile.mkdtemp(prefix="hal9100-kernel-")
+        for port, fd in zip(kernel.CLIENT_PORTS, pinned, strict=True):
+            os.symlink(f"/proc/self/fd/{fd}", f"{self._links}/kernel-{port}")
+        return self._links
+
+    async def _drain_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while chunk := await self.process.stderr.read(65536):
+            self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
 
     @property
     def root(self) -> str:
-        """The sandbox's root as the host sees it."""
-        return f"/proc/{self.pid}/root"
+        """The sandbox's root as the host sees it (through the held /proc entry, which fails
+        once the sandbox is gone instead of reaching a new process of the same pid)."""
+        return f"/proc/self/fd/{self._proc}/root"
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None and self.pid > 0
+        return self.process is not None and self.process.returncode is None and self._proc >= 0
 
     async def close(self) -> None:
         if self.kernel is not None:
             self.kernel.close()
             self.kernel = None
-        if self.pid > 0:
+        if self._pidfd >= 0:
             # The init of the sandbox's pid namespace: its end takes every process in the
             # namespace with it. (bwrap's --die-with-parent would too when bwrap is killed,
             # but not in every mode bwrap can run in.)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
         if self.process is not None and self.process.returncode is None:
             # bwrap's outer process reaps the sandbox's init and exits on its own: killed at
             # once, it would leave that init a zombie for the host's init to collect (and
             # in a container whose pid 1 is this server, nobody would).
             try:
-                if self.pid <= 0:
+                if self._pidfd < 0:
                     raise TimeoutError  # no sandbox yet: nothing to wait for
                 await asyncio.wait_for(self.process.wait(), 2)
             except TimeoutError:
@@ -329,6 +375,16 @@ class BwrapSession(SandboxSession):
         if self.group is not None:
             group, self.group = self.group, None
             await asyncio.to_thread(group.remove)
+        if self._draining is not None:
+            self._draining.cancel()
+        for fd in [self._pidfd, self._proc, *self._pinned]:
+            if fd >= 0:
+                os.close(fd)
+        self._pidfd = self._proc = -1
+        self._pinned = []
+        if self._links is not None:
+            shutil.rmtree(self._links, ignore_errors=True)
+            self._links = None
         self.backend._forget(self)
 
     # --- code and files -------------------------------------------------------------------
@@ -439,24 +495,45 @@ class BwrapBackend(SandboxBackend):
         cgroup.sweep_stale()
         return found
 
-    def _uid(self) -> int | None:
+    def _uid(self) -> tuple[int, int] | None:
+        """A uid no other session on this machine runs as, and the lock that says so: other
+        worker processes of the host draw from the same range."""
         if os.geteuid() != 0:
             return None
-        if not self._free_uids:
-            raise SandboxUnavailable("every sandbox uid is in use")
-        return self.config.uid_base + self._free_uids.pop()
+        os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
+        tried = []
+        try:
+            while self._free_uids:
+                slot = self._free_uids.pop(secrets.randbelow(len(self._free_uids)))
+                tried.append(slot)
+                uid = self.config.uid_base + slot
+                lock = os.open(f"{UID_LOCKS}/{uid}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(lock)
+                    continue
+                tried.pop()
+                return uid, lock
+        finally:
+            self._free_uids.extend(tried)
+        raise SandboxUnavailable("every sandbox uid is in use")
 
     def _forget(self, session: BwrapSession) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
             if session.uid is not None:
                 self._free_uids.append(session.uid - self.config.uid_base)
+            if session.uid_lock >= 0:
+                os.close(session.uid_lock)  # the lock goes with it
+                session.uid_lock = -1
 
     async def start(self) -> SandboxSession:
         problems = await self.problems()
         if problems:
             raise SandboxUnavailable("; ".join(problems))
-        session = BwrapSession(self, self._uid())
+        claimed = self._uid()
+        session = BwrapSession(self, *(claimed or (None, -1)))
         self.sessions.add(session)
         try:
             await session.start()

@@ -167,3 +167,22 @@ def write_file(root: str, name: str, data: bytes, owner: int | None) -> str:
         os.close(fd)
         os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
     return f"{DATA_DIR}/{name}"
+
+
+def open_socket(root: str, parts: list[str]) -> int:
+    """An `O_PATH` descriptor of the Unix socket at `parts` under the sandbox's root, reached
+    without following a link (FileNotFoundError until it exists; OSError if it is not a
+    socket)."""
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        sock = os.open(parts[-1], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISSOCK(os.fstat(sock).st_mode):
+        os.close(sock)
+        raise OSError(f"{'/'.join(parts)} is not a socket")
+    return sock

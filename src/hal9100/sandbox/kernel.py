@@ -13,11 +13,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import zmq
 import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 CHANNEL_PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
+CLIENT_PORTS = (1, 2, 3, 4)
+"""The sockets the server connects to (not the heartbeat's)."""
+MAX_MESSAGE_BYTES = 16 << 20
+"""The largest message taken from a kernel (a plot is a few hundred KB): the code could send
+gigabytes past the cap the kernel itself applies. A bigger one drops the connection, and a
+dropped connection is never made again: the session is then dead."""
+RECEIVE_QUEUE = 16
+"""Messages a client socket holds unread, at most (with the size cap: its memory bound)."""
 
 
 def connection_info(socket_base: str, key: str) -> dict[str, Any]:
@@ -116,6 +125,14 @@ def _shared_context() -> zmq.asyncio.Context:
     global _context
     if _context is None or _context.closed:
         _context = zmq.asyncio.Context()
+        # Options every socket made afterwards takes: the sockets are reached through
+        # names pinned once (sandbox/bwrap.py); a reconnection would not be.
+        _context.setsockopt(zmq.RECONNECT_IVL, -1)
+        _context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        _context.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
+        # A send with no connection to take it would wait, and it waits on the event loop
+        # (jupyter_client's sends are synchronous): fail at once instead (zmq.Again).
+        _context.setsockopt(zmq.SNDTIMEO, 0)
     return _context
 
 
@@ -147,9 +164,14 @@ class Kernel:
         `grace` seconds later, the outcome is unfinished and the caller kills the kernel.
         `input()` raises in the cell instead of waiting: stdin is not allowed."""
         collector = _Collector(max_output, max_images, max_image_bytes)
-        msg_id = self.client.execute(
-            code, silent=silent, store_history=not silent, allow_stdin=False
-        )
+        try:
+            msg_id = self.client.execute(
+                code, silent=silent, store_history=not silent, allow_stdin=False
+            )
+        except zmq.ZMQError:
+            # The connection is gone (and never made again): so is the session.
+            collector.outcome.finished = False
+            return collector.result()
         deadline = time.monotonic() + limit
         interrupted = False
         while True:
@@ -160,7 +182,9 @@ class Kernel:
                     return collector.result()
                 interrupted = True
                 collector.text(f"\n[interrupted: the cell ran past its {limit:g} s limit]\n")
-                await self._interrupt()
+                if not self._interrupt():
+                    collector.outcome.finished = False
+                    return collector.result()
                 deadline = time.monotonic() + grace
                 continue
             try:
@@ -178,10 +202,15 @@ class Kernel:
                     collector.outcome.error = True
                 return collector.result()
 
-    async def _interrupt(self) -> None:
+    def _interrupt(self) -> bool:
+        """Ask the kernel to interrupt the cell; False when it cannot be reached."""
         # interrupt_mode "message": the kernel signals itself, whatever its pid is here.
         msg = self.client.session.msg("interrupt_request", {})
-        self.client.control_channel.send(msg)
+        try:
+            self.client.control_channel.send(msg)
+        except zmq.ZMQError:
+            return False
+        return True
 
     def close(self) -> None:
         self.client.stop_channels()

@@ -65,6 +65,7 @@ class Sessions:
         self._filling: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self._wanted: dict[str, int] = {}
 
     def start(self) -> None:
         """Begin filling the pool and ending stale sessions (in the running loop)."""
@@ -75,31 +76,43 @@ class Sessions:
     async def lease(self, key: str) -> AsyncIterator[Lease]:
         """The session of `key`, for one caller at a time; a new one if it has none alive."""
         lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            held = self.held.get(key)
-            fresh = False
-            if held is None or not held.session.alive:
-                if held is not None:
-                    del self.held[key]
-                    await held.session.close()
-                held = await self._take()
-                self.held[key] = held
-                fresh = True
-            # Runs of this thread are routed here while the session lives (and is used).
-            await self.directory.claim(key, self.worker_id, self.idle_seconds)
-            try:
-                yield Lease(held.session, fresh, held.files)
-            finally:
-                held.used = time.monotonic()
-                if not held.session.alive and self.held.get(key) is held:
-                    del self.held[key]
-        if key not in self.held and not lock.locked():
-            self._locks.pop(key, None)
+        # Counted, not read off the lock: between a release and the next waiter's wake-up
+        # the lock is free, yet still wanted.
+        self._wanted[key] = self._wanted.get(key, 0) + 1
+        try:
+            async with lock:
+                held = self.held.get(key)
+                fresh = False
+                if held is None or not held.session.alive:
+                    if held is not None:
+                        del self.held[key]
+                        await held.session.close()
+                    held = await self._take()
+                    self.held[key] = held
+                    fresh = True
+                # Runs of this thread are routed here while the session lives and is used.
+                await self.directory.claim(key, self.worker_id, self.idle_seconds)
+                try:
+                    yield Lease(held.session, fresh, held.files)
+                finally:
+                    held.used = time.monotonic()
+                    if held.session.alive:
+                        # The idle lifetime counts from now: so does the claim.
+                        await self.directory.claim(key, self.worker_id, self.idle_seconds)
+                    elif self.held.get(key) is held:
+                        del self.held[key]
+                        await self.directory.release(key, self.worker_id)
+                        await held.session.close()
+        finally:
+            self._wanted[key] -= 1
+            if not self._wanted[key]:
+                del self._wanted[key]
+                if key not in self.held:
+                    self._locks.pop(key, None)
         await self._evict()
 
     def _busy(self, key: str) -> bool:
-        lock = self._locks.get(key)
-        return lock is not None and lock.locked()
+        return key in self._wanted
 
     async def end(self, key: str) -> None:
         held = self.held.pop(key, None)
@@ -131,7 +144,12 @@ class Sessions:
             except SandboxUnavailable as error:
                 log.warning("the sandbox pool is not filled: %s", error)
                 return
-            result = await session.run_cell(WARM_UP, limit=120)
+            try:
+                result = await session.run_cell(WARM_UP, limit=120)
+            except SandboxUnavailable as error:
+                log.warning("a pooled sandbox session ended while warming up: %s", error)
+                await session.close()
+                return
             if result.error or result.state_lost:
                 log.warning("a pooled sandbox session failed to warm up: %s", result.logs[-500:])
                 await session.close()

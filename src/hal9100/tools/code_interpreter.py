@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import String, cast, select
+from sqlalchemy import String, cast, or_, select
 
 from hal9100.core import ids
 from hal9100.core.clock import now
@@ -73,6 +73,11 @@ STATE_LOST = (
 )
 
 
+def _cut(name: str, size: int) -> str:
+    """At most `size` bytes of UTF-8 (a file name's limit is in bytes), whole characters."""
+    return name.encode()[:size].decode(errors="ignore")
+
+
 def sandbox_names(files: Sequence[tuple[str, str]]) -> dict[str, str]:
     """Each file's name in /mnt/data, from `(file_id, filename)` pairs in order: the
     filename made safe, and made unique by the file id where two would clash."""
@@ -81,11 +86,11 @@ def sandbox_names(files: Sequence[tuple[str, str]]) -> dict[str, str]:
     for file_id, filename in files:
         if file_id in names:
             continue
-        name = _UNSAFE_NAME.sub("_", filename).strip()[:200]
+        name = _cut(_UNSAFE_NAME.sub("_", filename).strip(), 200)
         if name in ("", ".", "..") or name.startswith(".hal9100"):
             name = file_id
         if name in taken:
-            name = f"{file_id}-{name}"[:255]
+            name = _cut(f"{file_id}-{name}", 255)
         taken.add(name)
         names[file_id] = name
     return names
@@ -104,9 +109,11 @@ async def run_files(session: AsyncSession, thread_id: str, assistant_id: str | N
     wanted += _resource_ids(
         await session.scalar(select(Thread.tool_resources).where(Thread.id == thread_id))
     )
+    # The user's attachments: an assistant's are the files its code wrote, still in the
+    # session that wrote them (or lost with it).
     for attachments in await session.scalars(
         select(Message.attachments)
-        .where(Message.thread_id == thread_id)
+        .where(Message.thread_id == thread_id, Message.role == "user")
         .order_by(Message.created_at, Message.seq)
     ):
         for attachment in attachments or []:
@@ -150,7 +157,12 @@ async def _had_session(session: AsyncSession, thread_id: str) -> bool:
             RunStep.type == "tool_calls",
             # The step of the call being made is in progress (so are its parallel calls).
             RunStep.status != "in_progress",
-            cast(RunStep.step_details, String).like('%"code_interpreter"%'),
+            # A call's own `type`: the same words inside a string (an argument, a search
+            # result) are escaped there, and do not match.
+            or_(
+                cast(RunStep.step_details, String).like('%"type": "code_interpreter"%'),
+                cast(RunStep.step_details, String).like('%"type":"code_interpreter"%'),
+            ),
         )
         .limit(1)
     )
@@ -297,7 +309,15 @@ class CodeInterpreterTool:
             data = await _read(ctx.storage, file.storage_key)
             if data is None:
                 continue
-            present[file.id] = await sandbox.put_file(names[file.id], data)
+            try:
+                present[file.id] = await sandbox.put_file(names[file.id], data)
+            except OSError as error:
+                # /mnt/data full, or the code made a directory of that name: the model is
+                # told, and the next call tries again.
+                notes.append(
+                    f"Note: {file.filename!r} could not be put in {DATA_DIR}/{names[file.id]} "
+                    f"({error.strerror or error})."
+                )
         return notes
 
     async def _export(
