@@ -28,6 +28,7 @@ from hal9100.ingestion.job import Ingestor
 from hal9100.queue.base import EXECUTE_RUN, INGEST_FILE
 from hal9100.runs.lifecycle import close_open_work, run_event
 from hal9100.runs.recorder import AssistantsRecorder
+from hal9100.runs.service import route
 from hal9100.runtime import Runtime, connect_runtime, make_sandbox
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,8 @@ async def sweep(runtime: Runtime) -> None:
             )
         ).all()
         lapsed = (
-            await session.scalars(
-                select(Run.id).where(
+            await session.execute(
+                select(Run.id, Run.thread_id, Run.tools).where(
                     Run.status.in_(RUNNABLE),
                     _lease_lapsed(stamp),
                 )
@@ -154,7 +155,7 @@ async def sweep(runtime: Runtime) -> None:
         ).all()
     for run_id in overdue:
         await expire(runtime, run_id)
-    for run_id in lapsed:
+    for run_id, thread_id, tools in lapsed:
         if run_id in overdue:
             continue
         async with runtime.sessions() as session:
@@ -167,7 +168,8 @@ async def sweep(runtime: Runtime) -> None:
             await session.commit()
         if getattr(result, "rowcount", 0):
             log.info("run %s: dispatch or lease lapsed, re-queueing", run_id)
-            await runtime.queue.enqueue(EXECUTE_RUN, run_id)
+            worker = await route(runtime, thread_id, tools)
+            await runtime.queue.enqueue(EXECUTE_RUN, run_id, worker=worker)
 
 
 async def release_leases(url: str) -> None:

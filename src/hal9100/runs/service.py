@@ -174,12 +174,18 @@ async def _dispatch(
         position = await runtime.bus.position(run.id)
         for item in events:
             await runtime.bus.publish(run.id, item)
-    # A thread's code_interpreter session lives in one worker: its runs go there.
-    worker = None
-    if any(t.get("type") == "code_interpreter" for t in run.tools or []):
-        worker = await runtime.directory.owner(run.thread_id)
-    await runtime.queue.enqueue(EXECUTE_RUN, run.id, worker=worker)
+    await runtime.queue.enqueue(
+        EXECUTE_RUN, run.id, worker=await route(runtime, run.thread_id, run.tools)
+    )
     return Started(run=run, position=position)
+
+
+async def route(runtime: Runtime, thread_id: str, tools: list[dict[str, Any]] | None) -> str | None:
+    """The worker a run must go to, if any: a thread's code_interpreter session lives in one
+    worker (production mode), and its runs go there."""
+    if any(t.get("type") == "code_interpreter" for t in tools or []):
+        return await runtime.directory.owner(thread_id)
+    return None
 
 
 async def _ensure_idle(session: AsyncSession, thread_id: str) -> None:
