@@ -103,10 +103,13 @@ class RedisTaskQueue:
             lanes += [(task, worker) for task in handlers if task == EXECUTE_RUN]
         for task, own in lanes:
             handler = handlers[task]
+            # The worker's own lane takes an eighth of the task's concurrency and the
+            # shared lane the rest: together they never pass it.
+            share = max(1, concurrency[task] // 8) if worker and task == EXECUTE_RUN else 0
             consumer: Worker[Any] = Worker(
                 self.queue(task, own),
                 functions=[(task, job(handler))],
-                concurrency=concurrency[task],
+                concurrency=share if own else max(1, concurrency[task] - share),
                 shutdown_grace_period_s=self.drain_seconds,
                 # SAQ's stop waits for all its loops, which notice the stop only between
                 # sleeps and dequeue timeouts: short ones let an idle worker exit within a
