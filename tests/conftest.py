@@ -152,6 +152,21 @@ def make_client(base_url: str | list[str], api_key: str = "test") -> openai.Open
 
 
 @pytest.fixture
+def sdk(deployment: Deployment) -> Iterator[openai.OpenAI]:
+    """The SDK on the module's own `deployment` fixture."""
+    client = make_client(deployment.urls)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def raw(deployment: Deployment) -> Iterator[httpx.Client]:
+    """Plain HTTP to the module's own `deployment` fixture's first API process."""
+    with httpx.Client(base_url=deployment.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
 def client(server: Deployment) -> Iterator[openai.OpenAI]:
     sdk = make_client(server.urls)
     yield sdk

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import DeployFactory, make_client
+from conftest import DeployFactory
 from deployments import Deployment
 from hal9100.core.beta import event_v1, parse_header
 from runs_support import marker
@@ -87,13 +87,6 @@ V1_MESSAGE_KEYS = {
 @pytest.fixture(scope="module")
 def deployment(module_deployment: DeployFactory) -> Deployment:
     return module_deployment(HAL9100_EMBEDDINGS="none")
-
-
-@pytest.fixture
-def sdk(deployment: Deployment) -> Iterator[openai.OpenAI]:
-    client = make_client(deployment.urls)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -27,19 +26,6 @@ from scripted_llm import ScriptedLLM
 def deployment(module_deployment: DeployFactory) -> Deployment:
     sandbox_backend()  # skips (or fails in CI) where no sandbox can be made
     return module_deployment(HAL9100_SANDBOX_POOL="1")
-
-
-@pytest.fixture
-def sdk(deployment: Deployment) -> Iterator[openai.OpenAI]:
-    client = make_client(deployment.urls)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def raw(deployment: Deployment) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=deployment.url, timeout=30) as client:
-        yield client
 
 
 def _call(code: str, round_: int | None = None) -> str:

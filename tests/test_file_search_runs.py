@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,7 +19,7 @@ import pytest
 from openai import AssistantEventHandler
 from openai.types.beta import AssistantStreamEvent
 
-from conftest import DeployFactory, make_client
+from conftest import DeployFactory
 from deployments import Deployment
 from openapi_contract import spec_available, validate_schema, validate_stream_event
 from runs_support import POLL_MS, marker, requests_with
@@ -32,19 +31,6 @@ INCLUDE = "step_details.tool_calls[*].file_search.results[*].content"
 @pytest.fixture(scope="module")
 def deployment(module_deployment: DeployFactory) -> Deployment:
     return module_deployment(HAL9100_EMBEDDINGS="none")
-
-
-@pytest.fixture
-def sdk(deployment: Deployment) -> Iterator[openai.OpenAI]:
-    client = make_client(deployment.urls)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def raw(deployment: Deployment) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=deployment.url, timeout=30) as client:
-        yield client
 
 
 def _store(sdk: openai.OpenAI, files: dict[str, str]) -> tuple[str, dict[str, str]]:

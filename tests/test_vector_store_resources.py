@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import DeployFactory, make_client
+from conftest import DeployFactory
 from deployments import Deployment
 from runs_support import POLL_MS, marker
 
@@ -29,19 +28,6 @@ SEVEN_DAYS = {"anchor": "last_active_at", "days": 7}
 @pytest.fixture(scope="module")
 def deployment(module_deployment: DeployFactory) -> Deployment:
     return module_deployment(HAL9100_EMBEDDINGS="none")
-
-
-@pytest.fixture
-def sdk(deployment: Deployment) -> Iterator[openai.OpenAI]:
-    client = make_client(deployment.urls)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def raw(deployment: Deployment) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=deployment.url, timeout=30) as client:
-        yield client
 
 
 def _upload(sdk: openai.OpenAI, text: str, name: str = "doc.txt") -> str:

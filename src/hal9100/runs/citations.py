@@ -147,6 +147,18 @@ class CitationStream:
         """Text received but not emitted yet (the start of what may be a marker)."""
         return self._pending
 
+    def _note(self, kind: str, text: str, start: int, file_id: str, pending: int) -> dict[str, Any]:
+        """An annotation of `text` at `start` in the message (`pending`: those of this piece
+        before it), in a delta's shape."""
+        return {
+            "index": len(self._annotations) + pending,
+            "type": kind,
+            "text": text,
+            "start_index": start,
+            "end_index": start + len(text),
+            kind: {"file_id": file_id},
+        }
+
     def feed(self, text: str) -> Piece | None:
         self._pending += text
         return self._scan(final=False)
@@ -186,16 +198,7 @@ class CitationStream:
                     path, link = path[:-1], link[:-1]
                 file_id = self.paths.get(path)
                 if file_id is not None:
-                    notes.append(
-                        {
-                            "index": len(self._annotations) + len(notes),
-                            "type": "file_path",
-                            "text": link,
-                            "start_index": length,
-                            "end_index": length + len(link),
-                            "file_path": {"file_id": file_id},
-                        }
-                    )
+                    notes.append(self._note("file_path", link, length, file_id, len(notes)))
                 else:
                     link = text[opener:end]
                 out.append(link)
@@ -210,16 +213,7 @@ class CitationStream:
                 file_id = self.sources.get((turn, index))
                 if file_id is not None:
                     marker = text[opener:end]
-                    notes.append(
-                        {
-                            "index": len(self._annotations) + len(notes),
-                            "type": "file_citation",
-                            "text": marker,
-                            "start_index": length,
-                            "end_index": length + len(marker),
-                            "file_citation": {"file_id": file_id},
-                        }
-                    )
+                    notes.append(self._note("file_citation", marker, length, file_id, len(notes)))
                     out.append(marker)
                     length += len(marker)
                 position = end
