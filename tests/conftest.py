@@ -28,6 +28,7 @@ from deployments import (
     server_env,
     start_embedded,
     start_production,
+    stop_all,
 )
 from openapi_contract import make_validating_http_client, spec_available
 from pgvector import pgvector_admin_url
@@ -94,8 +95,7 @@ def deploy(
         return started[key]
 
     yield start
-    for deployment in started.values():
-        deployment.stop()
+    stop_all(list(started.values()))
 
 
 def _own_deployments(
@@ -117,8 +117,7 @@ def _own_deployments(
         return started[-1]
 
     yield start
-    for deployment in started:
-        deployment.stop()
+    stop_all(started)
 
 
 # `deploy`, for a configuration one test (or one module) alone uses: stopped when the test

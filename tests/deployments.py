@@ -256,14 +256,20 @@ class Deployment:
         )
 
     def stop(self) -> None:
-        processes = [*self.api, *self.workers]
-        # All at once: each drains for seconds, and a session stops dozens of deployments.
-        for process in processes:
+        stop_all([self])
+
+
+def stop_all(deployments: list[Deployment]) -> None:
+    """Stop deployments together: every process is told at once (each drains for seconds,
+    and a session stops dozens of deployments), then each is waited for and cleaned up."""
+    for deployment in deployments:
+        for process in [*deployment.api, *deployment.workers]:
             if process.alive():
                 process.proc.terminate()
-        for process in processes:
+    for deployment in deployments:
+        for process in [*deployment.api, *deployment.workers]:
             process.stop()
-        for cleanup in reversed(self._cleanup):
+        for cleanup in reversed(deployment._cleanup):
             cleanup()  # type: ignore[operator]
 
 

@@ -287,15 +287,18 @@ class BwrapSession(SandboxSession):
             await self.close()
             message = self._stderr_tail.decode(errors="replace").strip()
             raise SandboxUnavailable(f"bubblewrap did not start the sandbox: {message}") from None
-        if _host_uids(self.pid) & {0}:
+        if _host_uids(self._proc) & {0}:
             # Code inside would be root on the host wherever a namespace lets it through
             # (`/proc/sys`, files the host's root owns): never run it.
             await self.close()
             raise SandboxUnavailable("the sandbox would run as the host's root: refused")
         try:
-            links = await asyncio.wait_for(
-                asyncio.to_thread(self._pin_sockets), self.backend.config.start_timeout
-            )
+            pinned, links = await self._in_thread(self._pin_sockets)
+            if self._proc < 0:  # closed meanwhile
+                _close_all(pinned)
+                shutil.rmtree(links, ignore_errors=True)
+                raise SandboxUnavailable("the sandbox session has ended")
+            self._pinned, self._links = pinned, links
             self.kernel = kernel.Kernel(kernel.connection_info(f"{links}/kernel", key))
             await self.kernel.wait_ready(self.backend.config.start_timeout)
         except Exception as error:
@@ -312,40 +315,53 @@ class BwrapSession(SandboxSession):
         self._pidfd = os.pidfd_open(pid)
         self._proc = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def _pin_sockets(self) -> str:
+    def _pin_sockets(self, root: str) -> tuple[list[int], str]:
         """Wait for the kernel's sockets, then pin each by descriptor, checked to be a socket
         and reached without following a link, in a directory of the server's own: the code
         inside may replace the names in its tmpfs by links to any socket of the host, and the
-        server's connections must never follow them."""
+        server's connections must never follow them. Runs in a thread (it waits)."""
         deadline = time.monotonic() + self.backend.config.start_timeout
         parts = [*_SOCKETS.strip("/").split("/")]
         while True:
+            pinned: list[int] = []
             try:
-                pinned = [
-                    files.open_socket(self.root, [*parts, f"kernel-{port}"])
-                    for port in kernel.CLIENT_PORTS
-                ]
+                for port in kernel.CLIENT_PORTS:
+                    pinned.append(files.open_socket(root, [*parts, f"kernel-{port}"]))
                 break
             except FileNotFoundError:
+                _close_all(pinned)
                 if time.monotonic() > deadline or not self.alive:
                     raise
                 time.sleep(0.02)
-        self._pinned = pinned
-        self._links = tempfile.mkdtemp(prefix="hal9100-kernel-")
-        for port, fd in zip(kernel.CLIENT_PORTS, pinned, strict=True):
-            os.symlink(f"/proc/self/fd/{fd}", f"{self._links}/kernel-{port}")
-        return self._links
+            except BaseException:
+                _close_all(pinned)
+                raise
+        try:
+            # In /tmp itself, not $TMPDIR: a socket's path may not pass 107 bytes.
+            links = tempfile.mkdtemp(prefix="hal9100-kernel-", dir="/tmp")
+            for port, fd in zip(kernel.CLIENT_PORTS, pinned, strict=True):
+                os.symlink(f"/proc/self/fd/{fd}", f"{links}/kernel-{port}")
+        except BaseException:
+            _close_all(pinned)
+            raise
+        return pinned, links
+
+    async def _in_thread(self, work: Callable[..., Any], *args: Any) -> Any:
+        """`work(root, *args)` in a thread, on a descriptor of the sandbox's /proc entry of
+        its own: a close meanwhile frees the session's, whose number another session may
+        then get."""
+        if self._proc < 0:
+            raise SandboxUnavailable("the sandbox session has ended")
+        held = os.dup(self._proc)
+        try:
+            return await asyncio.to_thread(work, f"/proc/self/fd/{held}/root", *args)
+        finally:
+            os.close(held)
 
     async def _drain_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None
         while chunk := await self.process.stderr.read(65536):
             self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
-
-    @property
-    def root(self) -> str:
-        """The sandbox's root as the host sees it (through the held /proc entry, which fails
-        once the sandbox is gone instead of reaching a new process of the same pid)."""
-        return f"/proc/self/fd/{self._proc}/root"
 
     @property
     def alive(self) -> bool:
@@ -423,13 +439,16 @@ class BwrapSession(SandboxSession):
         )
 
     async def put_file(self, name: str, data: bytes) -> str:
-        return await asyncio.to_thread(files.write_file, self.root, name, data, self.uid)
+        written: str = await self._in_thread(files.write_file, name, data, self.uid)
+        return written
 
     async def list_files(self) -> list[SandboxFile]:
-        return await asyncio.to_thread(files.list_regular, self.root)
+        found: list[SandboxFile] = await self._in_thread(files.list_regular)
+        return found
 
     async def read_file(self, path: str, max_bytes: int) -> bytes | None:
-        return await asyncio.to_thread(files.read_regular, self.root, path, max_bytes)
+        data: bytes | None = await self._in_thread(files.read_regular, path, max_bytes)
+        return data
 
 
 def _become(uid: int, group: cgroup.SessionGroup | None) -> Callable[[], None]:
@@ -446,10 +465,16 @@ def _become(uid: int, group: cgroup.SessionGroup | None) -> Callable[[], None]:
     return drop
 
 
-def _host_uids(pid: int) -> set[int]:
-    """The real, effective, saved and file system uids of `pid`, as the host sees them."""
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _host_uids(proc: int) -> set[int]:
+    """The real, effective, saved and file system uids of the process whose /proc entry is
+    open as `proc`, as the host sees them."""
     try:
-        with open(f"/proc/{pid}/status") as status:
+        with open(f"/proc/self/fd/{proc}/status") as status:
             for line in status:
                 if line.startswith("Uid:"):
                     return {int(field) for field in line.split()[1:]}
@@ -500,14 +525,22 @@ class BwrapBackend(SandboxBackend):
         worker processes of the host draw from the same range."""
         if os.geteuid() != 0:
             return None
-        os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
+        except OSError as error:
+            raise SandboxUnavailable(f"no sandbox uid can be claimed: {error}") from None
         tried = []
         try:
             while self._free_uids:
                 slot = self._free_uids.pop(secrets.randbelow(len(self._free_uids)))
                 tried.append(slot)
                 uid = self.config.uid_base + slot
-                lock = os.open(f"{UID_LOCKS}/{uid}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    lock = os.open(
+                        f"{UID_LOCKS}/{uid}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+                    )
+                except OSError as error:
+                    raise SandboxUnavailable(f"no sandbox uid can be claimed: {error}") from None
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:

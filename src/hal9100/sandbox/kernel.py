@@ -6,8 +6,10 @@ reaches them through `/proc/<pid>/root`, so no host directory is shared with the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -21,12 +23,13 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 CHANNEL_PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
 CLIENT_PORTS = (1, 2, 3, 4)
 """The sockets the server connects to (not the heartbeat's)."""
+IDLE_AFTER_REPLY = 1.0
+"""Seconds a cell's output may still arrive after its reply (iopub and shell are separate
+connections: the last output and the idle status often come just after the reply)."""
 MAX_MESSAGE_BYTES = 16 << 20
 """The largest message taken from a kernel (a plot is a few hundred KB): the code could send
 gigabytes past the cap the kernel itself applies. A bigger one drops the connection, and a
 dropped connection is never made again: the session is then dead."""
-RECEIVE_QUEUE = 16
-"""Messages a client socket holds unread, at most (with the size cap: its memory bound)."""
 
 
 def connection_info(socket_base: str, key: str) -> dict[str, Any]:
@@ -129,7 +132,6 @@ def _shared_context() -> zmq.asyncio.Context:
         # names pinned once (sandbox/bwrap.py); a reconnection would not be.
         _context.setsockopt(zmq.RECONNECT_IVL, -1)
         _context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        _context.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         # A send with no connection to take it would wait, and it waits on the event loop
         # (jupyter_client's sends are synchronous): fail at once instead (zmq.Again).
         _context.setsockopt(zmq.SNDTIMEO, 0)
@@ -140,6 +142,10 @@ class Kernel:
     """A client of one kernel."""
 
     def __init__(self, info: dict[str, Any]) -> None:
+        self._reader: asyncio.Task[None] | None = None
+        self._replies: asyncio.Task[None] | None = None
+        # The cell being run: its request's id, and where its messages go.
+        self._cell: tuple[str, asyncio.Queue[dict[str, Any]]] | None = None
         self.client = AsyncKernelClient(context=_shared_context())
         self.client.load_connection_info(cast(Any, info))
         # No heartbeat channel (a thread per client): the kernel's end is seen as its
@@ -148,6 +154,46 @@ class Kernel:
 
     async def wait_ready(self, within: float) -> None:
         await self.client.wait_for_ready(timeout=within)
+        # From now on the kernel's output and replies are read as they come, cell or no
+        # cell: what is left unread (a thread of the code printing between cells) would
+        # pile up in the sockets' queues, in this process's memory.
+        self._reader = asyncio.create_task(self._read(self.client.iopub_channel.socket))
+        self._replies = asyncio.create_task(self._read(self.client.shell_channel.socket))
+
+    async def _read(self, socket: zmq.asyncio.Socket) -> None:
+        """Hand the current cell the messages answering it; end when the connection drops
+        (it is never made again: the session is then dead)."""
+        session = self.client.session
+        monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
+        try:
+            dropped = asyncio.ensure_future(monitor.recv_multipart())
+            while True:
+                incoming = asyncio.ensure_future(socket.recv_multipart(copy=False))
+                done, _ = await asyncio.wait(
+                    {incoming, dropped}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if dropped in done:
+                    incoming.cancel()
+                    return
+                cell = self._cell
+                if cell is None:
+                    continue  # nobody waits for it: dropped unread
+                try:
+                    _, parts = session.feed_identities(incoming.result(), copy=False)
+                    msg = session.deserialize(parts, content=True, copy=False)
+                except Exception:
+                    continue  # not a message of the protocol (the code wrote it)
+                if msg.get("parent_header", {}).get("msg_id") == cell[0]:
+                    cell[1].put_nowait(msg)
+        finally:
+            dropped.cancel()
+            # The socket may be closed already (the client stopped): nothing to undo then.
+            with contextlib.suppress(zmq.ZMQError):
+                socket.disable_monitor()
+            monitor.close(linger=0)
+
+    def _connected(self) -> bool:
+        return all(t is not None and not t.done() for t in (self._reader, self._replies))
 
     async def execute(
         self,
@@ -160,9 +206,9 @@ class Kernel:
         max_image_bytes: int = 8 << 20,
         silent: bool = False,
     ) -> Outcome:
-        """Run a cell. Past `limit` seconds the kernel is asked to interrupt it; if it is not idle
-        `grace` seconds later, the outcome is unfinished and the caller kills the kernel.
-        `input()` raises in the cell instead of waiting: stdin is not allowed."""
+        """Run a cell. Past `limit` seconds the kernel is asked to interrupt it; if it has
+        not answered `grace` seconds later, the outcome is unfinished and the caller kills
+        the kernel. `input()` raises in the cell instead of waiting: stdin is not allowed."""
         collector = _Collector(max_output, max_images, max_image_bytes)
         try:
             msg_id = self.client.execute(
@@ -172,11 +218,29 @@ class Kernel:
             # The connection is gone (and never made again): so is the session.
             collector.outcome.finished = False
             return collector.result()
+        messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._cell = (msg_id, messages)
+        try:
+            return await self._collect(collector, messages, limit, grace)
+        finally:
+            self._cell = None
+
+    async def _collect(
+        self,
+        collector: _Collector,
+        messages: asyncio.Queue[dict[str, Any]],
+        limit: float,
+        grace: float,
+    ) -> Outcome:
+        """The cell ends with its `execute_reply` (on the shell channel, which never drops a
+        message) and, normally, its `idle` status (on iopub, whose publisher drops what a
+        slow reader leaves waiting: then some output is lost, and the reply still ends it)."""
         deadline = time.monotonic() + limit
         interrupted = False
+        reply: dict[str, Any] | None = None
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if reply is None and now >= deadline:
                 if interrupted:
                     collector.outcome.finished = False
                     return collector.result()
@@ -185,22 +249,35 @@ class Kernel:
                 if not self._interrupt():
                     collector.outcome.finished = False
                     return collector.result()
-                deadline = time.monotonic() + grace
+                deadline = now + grace
                 continue
+            if not self._connected():
+                collector.outcome.finished = False
+                return collector.result()
+            wait = min(deadline - now, 1.0) if reply is None else IDLE_AFTER_REPLY
             try:
-                msg = await self.client.get_iopub_msg(timeout=left)
-            except Exception:
-                # queue.Empty (the wait ran out) or a closed channel: the loop decides.
-                if not self.client.channels_running:
-                    collector.outcome.finished = False
-                    return collector.result()
+                msg = await asyncio.wait_for(messages.get(), max(wait, 0.01))
+            except TimeoutError:
+                if reply is not None:
+                    # The reply came and the idle status never did: it was dropped.
+                    collector.text("\n[some output was lost]\n")
+                    return self._ended(collector, reply, interrupted)
                 continue
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            if msg.get("msg_type") == "execute_reply":
+                reply = msg
                 continue
             if collector.handle(msg):
-                if interrupted:
-                    collector.outcome.error = True
-                return collector.result()
+                return self._ended(collector, reply, interrupted)
+
+    @staticmethod
+    def _ended(collector: _Collector, reply: dict[str, Any] | None, interrupted: bool) -> Outcome:
+        content = (reply or {}).get("content") or {}
+        if interrupted or content.get("status") == "error":
+            if not collector.outcome.error and content.get("ename"):
+                # Its traceback was lost with the output: the reply still names it.
+                collector.text(f"{content['ename']}: {content.get('evalue', '')}\n")
+            collector.outcome.error = True
+        return collector.result()
 
     def _interrupt(self) -> bool:
         """Ask the kernel to interrupt the cell; False when it cannot be reached."""
@@ -213,4 +290,7 @@ class Kernel:
         return True
 
     def close(self) -> None:
+        for task in (self._reader, self._replies):
+            if task is not None:
+                task.cancel()
         self.client.stop_channels()

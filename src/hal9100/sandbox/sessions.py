@@ -101,8 +101,10 @@ class Sessions:
                         await self.directory.claim(key, self.worker_id, self.idle_seconds)
                     elif self.held.get(key) is held:
                         del self.held[key]
-                        await self.directory.release(key, self.worker_id)
-                        await held.session.close()
+                        try:
+                            await held.session.close()
+                        finally:
+                            await self.directory.release(key, self.worker_id)
         finally:
             self._wanted[key] -= 1
             if not self._wanted[key]:
@@ -116,9 +118,13 @@ class Sessions:
 
     async def end(self, key: str) -> None:
         held = self.held.pop(key, None)
+        if not self._busy(key):
+            self._locks.pop(key, None)
         if held is not None:
-            await self.directory.release(key, self.worker_id)
-            await held.session.close()
+            try:
+                await held.session.close()
+            finally:
+                await self.directory.release(key, self.worker_id)
 
     async def _take(self) -> _Held:
         now = time.monotonic()
@@ -160,8 +166,11 @@ class Sessions:
     async def _evict(self) -> None:
         """Past `max_sessions`, end the least recently used sessions not in use."""
         idle = sorted((held.used, key) for key, held in self.held.items() if not self._busy(key))
-        for _, key in idle[: max(0, len(self.held) - self.max_sessions)]:
-            await self.end(key)
+        for used, key in idle[: max(0, len(self.held) - self.max_sessions)]:
+            held = self.held.get(key)
+            # Ending the one before may have taken a while: check again that it is idle.
+            if held is not None and held.used == used and not self._busy(key):
+                await self.end(key)
 
     async def reap(self) -> None:
         now = time.monotonic()
