@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +79,9 @@ class BwrapConfig:
     uid_base: int = 600000
     """First of the uids sessions run as when the server is root (one per live session)."""
     start_timeout: float = 60.0
+    ready_timeout: float = 15.0
+    """How long a started kernel has to answer before its sandbox is started again."""
+    start_attempts: int = 3
 
 
 def _system_binds() -> list[str]:
@@ -121,8 +123,6 @@ class BwrapSession(SandboxSession):
         self.started_at = time.monotonic()
         self._pidfd = -1
         self._proc = -1
-        self._pinned: list[int] = []
-        self._links: str | None = None
         self._draining: asyncio.Task[None] | None = None
         self._stderr_tail = b""
 
@@ -293,19 +293,27 @@ class BwrapSession(SandboxSession):
             await self.close()
             raise SandboxUnavailable("the sandbox would run as the host's root: refused")
         try:
-            pinned, links = await self._in_thread(self._pin_sockets)
+            await self._in_thread(self._wait_listening)
             if self._proc < 0:  # closed meanwhile
-                _close_all(pinned)
-                shutil.rmtree(links, ignore_errors=True)
                 raise SandboxUnavailable("the sandbox session has ended")
-            self._pinned, self._links = pinned, links
-            self.kernel = kernel.Kernel(kernel.connection_info(f"{links}/kernel", key))
-            await self.kernel.wait_ready(self.backend.config.start_timeout)
+            # Connected once, now, before any code but ours has run in the sandbox (so the
+            # names are the kernel's own), and never again (kernel.py): the code may later
+            # replace them by links to any socket of the host.
+            sockets = f"/proc/self/fd/{self._proc}/root{_SOCKETS}/kernel"
+            self.kernel = kernel.Kernel(kernel.connection_info(sockets, key))
         except Exception as error:
             await self.close()
             message = self._stderr_tail.decode(errors="replace").strip()
             raise SandboxUnavailable(
                 f"the sandbox's kernel did not start: {message or repr(error)}"
+            ) from None
+        try:
+            await self.kernel.wait_ready(self.backend.config.ready_timeout)
+        except Exception as error:
+            await self.close()
+            message = self._stderr_tail.decode(errors="replace").strip()
+            raise _NotReady(
+                f"the sandbox's kernel did not answer: {message or repr(error)}"
             ) from None
 
     def _hold(self, pid: int) -> None:
@@ -315,36 +323,24 @@ class BwrapSession(SandboxSession):
         self._pidfd = os.pidfd_open(pid)
         self._proc = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def _pin_sockets(self, root: str) -> tuple[list[int], str]:
-        """Wait for the kernel's sockets, then pin each by descriptor, checked to be a socket
-        and reached without following a link, in a directory of the server's own: the code
-        inside may replace the names in its tmpfs by links to any socket of the host, and the
-        server's connections must never follow them. Runs in a thread (it waits)."""
+    def _wait_listening(self, root: str) -> None:
+        """Wait until the kernel listens on each of its sockets (reached without following a
+        link, checked to be a socket): ZeroMQ connects once, and must not come first."""
         deadline = time.monotonic() + self.backend.config.start_timeout
         parts = [*_SOCKETS.strip("/").split("/")]
-        while True:
-            pinned: list[int] = []
-            try:
-                for port in kernel.CLIENT_PORTS:
-                    pinned.append(files.open_socket(root, [*parts, f"kernel-{port}"]))
-                break
-            except FileNotFoundError:
-                _close_all(pinned)
-                if time.monotonic() > deadline or not self.alive:
-                    raise
-                time.sleep(0.02)
-            except BaseException:
-                _close_all(pinned)
-                raise
-        try:
-            # In /tmp itself, not $TMPDIR: a socket's path may not pass 107 bytes.
-            links = tempfile.mkdtemp(prefix="hal9100-kernel-", dir="/tmp")
-            for port, fd in zip(kernel.CLIENT_PORTS, pinned, strict=True):
-                os.symlink(f"/proc/self/fd/{fd}", f"{links}/kernel-{port}")
-        except BaseException:
-            _close_all(pinned)
-            raise
-        return pinned, links
+        for port in kernel.CLIENT_PORTS:
+            while True:
+                try:
+                    fd = files.open_socket(root, [*parts, f"kernel-{port}"])
+                    try:
+                        files.probe_socket(fd)
+                    finally:
+                        os.close(fd)
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    if time.monotonic() > deadline or not self.alive:
+                        raise
+                    time.sleep(0.02)
 
     async def _in_thread(self, work: Callable[..., Any], *args: Any) -> Any:
         """`work(root, *args)` in a thread, on a descriptor of the sandbox's /proc entry of
@@ -393,14 +389,10 @@ class BwrapSession(SandboxSession):
             await asyncio.to_thread(group.remove)
         if self._draining is not None:
             self._draining.cancel()
-        for fd in [self._pidfd, self._proc, *self._pinned]:
+        for fd in [self._pidfd, self._proc]:
             if fd >= 0:
                 os.close(fd)
         self._pidfd = self._proc = -1
-        self._pinned = []
-        if self._links is not None:
-            shutil.rmtree(self._links, ignore_errors=True)
-            self._links = None
         self.backend._forget(self)
 
     # --- code and files -------------------------------------------------------------------
@@ -465,9 +457,8 @@ def _become(uid: int, group: cgroup.SessionGroup | None) -> Callable[[], None]:
     return drop
 
 
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)
+class _NotReady(SandboxUnavailable):
+    """The kernel was started but did not answer in time."""
 
 
 def _host_uids(proc: int) -> set[int]:
@@ -565,15 +556,26 @@ class BwrapBackend(SandboxBackend):
         problems = await self.problems()
         if problems:
             raise SandboxUnavailable("; ".join(problems))
-        claimed = self._uid()
-        session = BwrapSession(self, *(claimed or (None, -1)))
-        self.sessions.add(session)
-        try:
-            await session.start()
-        except BaseException:
-            await session.close()
-            raise
-        return session
+        for attempt in range(1, self.config.start_attempts + 1):
+            claimed = self._uid()
+            session = BwrapSession(self, *(claimed or (None, -1)))
+            self.sessions.add(session)
+            try:
+                await session.start()
+            except _NotReady as error:
+                # A kernel that listens yet does not answer in time (a machine loaded past
+                # what it can serve; once, a client state this module no longer has): a new
+                # sandbox may. The model's code has not run in this one.
+                await session.close()
+                log.warning("sandbox start %d: %s; starting another", attempt, error)
+                if attempt == self.config.start_attempts:
+                    raise
+                continue
+            except BaseException:
+                await session.close()
+                raise
+            return session
+        raise AssertionError("unreachable")
 
     async def self_test(self) -> list[str]:
         problems = await self.problems()

@@ -186,3 +186,16 @@ def open_socket(root: str, parts: list[str]) -> int:
         os.close(sock)
         raise OSError(f"{'/'.join(parts)} is not a socket")
     return sock
+
+
+def probe_socket(fd: int) -> None:
+    """Connect to the socket pinned as `fd` and let go (ConnectionRefusedError until it
+    listens)."""
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(f"/proc/self/fd/{fd}")
+    finally:
+        probe.close()

@@ -29,7 +29,7 @@ connections: the last output and the idle status often come just after the reply
 MAX_MESSAGE_BYTES = 16 << 20
 """The largest message taken from a kernel (a plot is a few hundred KB): the code could send
 gigabytes past the cap the kernel itself applies. A bigger one drops the connection, and a
-dropped connection is never made again: the session is then dead."""
+dropped connection ends the session."""
 
 
 def connection_info(socket_base: str, key: str) -> dict[str, Any]:
@@ -119,23 +119,20 @@ class _Collector:
         return self.outcome
 
 
-_context: zmq.asyncio.Context | None = None
-
-
-def _shared_context() -> zmq.asyncio.Context:
-    """One ZeroMQ context for every kernel client of the process: a context of its own per
-    client would cost each session two I/O threads."""
-    global _context
-    if _context is None or _context.closed:
-        _context = zmq.asyncio.Context()
-        # Options every socket made afterwards takes: the sockets are reached through
-        # names pinned once (sandbox/bwrap.py); a reconnection would not be.
-        _context.setsockopt(zmq.RECONNECT_IVL, -1)
-        _context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        # A send with no connection to take it would wait, and it waits on the event loop
-        # (jupyter_client's sends are synchronous): fail at once instead (zmq.Again).
-        _context.setsockopt(zmq.SNDTIMEO, 0)
-    return _context
+def _context() -> zmq.asyncio.Context:
+    """A ZeroMQ context for one kernel client. One shared by every client of the process
+    was tried: on a loaded machine it came to a state where no new client's connection
+    completed, and every later session failed to start."""
+    context = zmq.asyncio.Context()
+    # A connection is made once, when the kernel is known to listen (sandbox/bwrap.py), and
+    # never again: the names it went through are in the sandbox, where the code may since
+    # have replaced them by links.
+    context.setsockopt(zmq.RECONNECT_IVL, -1)
+    context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    # A send with no connection to take it would wait, and it waits on the event loop
+    # (jupyter_client's sends are synchronous): fail at once instead (zmq.Again).
+    context.setsockopt(zmq.SNDTIMEO, 0)
+    return context
 
 
 class Kernel:
@@ -146,7 +143,8 @@ class Kernel:
         self._replies: asyncio.Task[None] | None = None
         # The cell being run: its request's id, and where its messages go.
         self._cell: tuple[str, asyncio.Queue[dict[str, Any]]] | None = None
-        self.client = AsyncKernelClient(context=_shared_context())
+        self.context = _context()
+        self.client = AsyncKernelClient(context=self.context)
         self.client.load_connection_info(cast(Any, info))
         # No heartbeat channel (a thread per client): the kernel's end is seen as its
         # process's end.
@@ -162,7 +160,8 @@ class Kernel:
 
     async def _read(self, socket: zmq.asyncio.Socket) -> None:
         """Hand the current cell the messages answering it; end when the connection drops
-        (it is never made again: the session is then dead)."""
+        (the code did it, or the kernel sent what no server takes: the session is then
+        ended)."""
         session = self.client.session
         monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
         try:
@@ -215,7 +214,7 @@ class Kernel:
                 code, silent=silent, store_history=not silent, allow_stdin=False
             )
         except zmq.ZMQError:
-            # The connection is gone (and never made again): so is the session.
+            # Nothing can take the request (the connection is gone): the session ends.
             collector.outcome.finished = False
             return collector.result()
         messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -294,3 +293,4 @@ class Kernel:
             if task is not None:
                 task.cancel()
         self.client.stop_channels()
+        self.context.destroy(linger=0)
