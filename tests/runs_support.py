@@ -12,6 +12,10 @@ import time
 import uuid
 from typing import Any
 
+from openai import AssistantEventHandler
+from openai.types.beta import AssistantStreamEvent
+
+from openapi_contract import spec_available, validate_stream_event
 from scripted_llm import ScriptedLLM
 
 POLL_MS = 20
@@ -61,3 +65,18 @@ def wait_llm_requests(llm: ScriptedLLM, text: str, count: int = 1, timeout: floa
     while len(requests_with(llm, text)) < count:
         assert time.monotonic() < deadline, f"the LLM never got {count} request(s) for {text}"
         time.sleep(0.02)
+
+
+class CollectEvents(AssistantEventHandler):
+    """Keeps a streamed run's events, each validated against the shared spec."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[AssistantStreamEvent] = []
+
+    def on_event(self, event: AssistantStreamEvent) -> None:
+        self.events.append(event)
+        if spec_available():
+            validate_stream_event(
+                event.event, event.data.model_dump(mode="json", exclude_unset=True)
+            )

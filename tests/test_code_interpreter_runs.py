@@ -11,13 +11,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai import AssistantEventHandler
-from openai.types.beta import AssistantStreamEvent
 
 from conftest import DeployFactory, make_client
 from deployments import Deployment
-from openapi_contract import spec_available, validate_schema, validate_stream_event
-from runs_support import POLL_MS, marker, requests_with
+from openapi_contract import spec_available, validate_schema
+from runs_support import POLL_MS, CollectEvents, marker, requests_with
 from sandbox_support import sandbox_backend
 from scripted_llm import ScriptedLLM
 
@@ -187,26 +185,13 @@ def test_a_written_file_comes_back_with_a_file_path_annotation(
     ]
 
 
-class _Collect(AssistantEventHandler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[AssistantStreamEvent] = []
-
-    def on_event(self, event: AssistantStreamEvent) -> None:
-        self.events.append(event)
-        if spec_available():
-            validate_stream_event(
-                event.event, event.data.model_dump(mode="json", exclude_unset=True)
-            )
-
-
 def test_a_streamed_run_shows_the_code_and_outputs_as_deltas(
     sdk: openai.OpenAI, raw: httpx.Client
 ) -> None:
     assistant_id = _assistant(sdk)
     code = "for i in range(3):\n    print('line', i)"
     thread = sdk.beta.threads.create(messages=[{"role": "user", "content": _call(code) + " go"}])
-    handler = _Collect()
+    handler = CollectEvents()
     with sdk.beta.threads.runs.stream(
         thread_id=thread.id, assistant_id=assistant_id, event_handler=handler
     ) as stream:

@@ -16,13 +16,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai import AssistantEventHandler
-from openai.types.beta import AssistantStreamEvent
 
 from conftest import DeployFactory
 from deployments import Deployment
-from openapi_contract import spec_available, validate_schema, validate_stream_event
-from runs_support import POLL_MS, marker, requests_with
+from openapi_contract import spec_available, validate_schema
+from runs_support import POLL_MS, CollectEvents, marker, requests_with
 from scripted_llm import ScriptedLLM
 
 INCLUDE = "step_details.tool_calls[*].file_search.results[*].content"
@@ -147,19 +145,6 @@ def test_search_results_and_citations(
         assert text.value[note["start_index"] : note["end_index"]] == note["text"]
 
 
-class _Collect(AssistantEventHandler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[AssistantStreamEvent] = []
-
-    def on_event(self, event: AssistantStreamEvent) -> None:
-        self.events.append(event)
-        if spec_available():
-            validate_stream_event(
-                event.event, event.data.model_dump(mode="json", exclude_unset=True)
-            )
-
-
 @pytest.mark.parametrize("include", [False, True], ids=["plain", "include"])
 def test_stream_accumulates_the_stored_message(sdk: openai.OpenAI, include: bool) -> None:
     word = marker()
@@ -188,7 +173,7 @@ def test_stream_accumulates_the_stored_message(sdk: openai.OpenAI, include: bool
             }
         ]
     )
-    handler = _Collect()
+    handler = CollectEvents()
     with sdk.beta.threads.runs.stream(
         thread_id=thread.id,
         assistant_id=assistant_id,
