@@ -29,7 +29,7 @@ from hal9100.messages.service import to_object as message_object
 from hal9100.runs.citations import CitationStream, Sources, paths_of, sources_of
 from hal9100.runs.lifecycle import close_open_work, event, run_event, step_object
 from hal9100.runs.prompt import build_prompt, data_url, image_file_ids
-from hal9100.storage.base import ObjectStorage
+from hal9100.storage.base import ObjectStorage, read_whole
 from hal9100.tools import code_interpreter, file_search
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -219,11 +219,9 @@ class AssistantsRecorder:
         for file in files:
             if file.bytes > MAX_IMAGE_BYTES:
                 continue
-            try:
-                data = b"".join([chunk async for chunk in self.storage.get(file.storage_key)])
-            except KeyError:
-                continue
-            out[file.id] = data_url(file, data)
+            data = await read_whole(self.storage, file.storage_key)
+            if data is not None:
+                out[file.id] = data_url(file, data)
         return out
 
     async def resumed(self, session: AsyncSession, run: Run) -> None:

@@ -27,3 +27,12 @@ class ObjectStorage(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+async def read_whole(storage: ObjectStorage, key: str) -> bytes | None:
+    """An object's bytes in memory, or None when it does not exist (callers bound its size
+    first: the row says how big it is)."""
+    try:
+        return b"".join([chunk async for chunk in storage.get(key)])
+    except KeyError:
+        return None

@@ -33,6 +33,7 @@ from hal9100.core.clock import now
 from hal9100.core.text import storable
 from hal9100.db.models import Assistant, File, Message, RunStep, Thread
 from hal9100.sandbox.base import DATA_DIR, CellResult, SandboxUnavailable
+from hal9100.storage.base import read_whole
 from hal9100.tools.base import FunctionSpec, ToolContext, ToolOutput, ToolUnavailable
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
     from hal9100.config import Settings
     from hal9100.sandbox.base import SandboxSession
-    from hal9100.storage.base import ObjectStorage
 
 NAME = "code_interpreter"
 PRIVATE = "hal9100"
@@ -306,7 +306,7 @@ class CodeInterpreterTool:
             if file.bytes > MAX_INPUT_FILE_BYTES:
                 notes.append(f"Note: {file.filename!r} is too large to be put in {DATA_DIR}.")
                 continue
-            data = await _read(ctx.storage, file.storage_key)
+            data = await read_whole(ctx.storage, file.storage_key)
             if data is None:
                 continue
             try:
@@ -383,13 +383,6 @@ class CodeInterpreterTool:
             PRIVATE: {"output": output, "files": written},
         }
         return ToolOutput(output=output, details=details)
-
-
-async def _read(storage: ObjectStorage, key: str) -> bytes | None:
-    try:
-        return b"".join([chunk async for chunk in storage.get(key)])
-    except KeyError:
-        return None
 
 
 _CODE_KEY = re.compile(r'"code"\s*:\s*"')
