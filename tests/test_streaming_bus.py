@@ -5,11 +5,15 @@ that goes away included) leaves no task or subscription behind."""
 from __future__ import annotations
 
 import asyncio
+import random
+import uuid
 from types import SimpleNamespace
 from typing import Any
 
+from deployments import REDIS_URL, require_production
 from hal9100.events.base import RunEvent
 from hal9100.events.memory import MemoryEventBus
+from hal9100.events.redis import RedisEventBus
 from hal9100.runs.streaming import DONE, event_stream
 
 RETAIN = 0.1
@@ -171,3 +175,36 @@ async def test_a_bus_failure_becomes_an_error_event() -> None:
     assert b'"error":{' in blocks[1]
     assert blocks[2:] == [DONE.rstrip(b"\n"), b""]
     await bus.aclose()
+
+
+async def test_a_publisher_cancelled_mid_command_stops_on_redis() -> None:
+    """redis-py swallows a cancel that arrives while a command is in flight: a run's model
+    stream cancelled (on expiry or cancel) while it published a delta went on to its end.
+    Cancelled at every moment of a publish, the publisher stops, and the events it had
+    published stay in order."""
+    require_production()
+    prefix = f"hal9100_test_bus_{uuid.uuid4().hex[:8]}"
+    bus = RedisEventBus(REDIS_URL, prefix=prefix)
+    chance = random.Random(9100)
+    try:
+        for trial in range(200):
+            run_id = f"run_{trial}"
+
+            async def publish_many(run_id: str = run_id) -> None:
+                for index in range(200):
+                    await bus.publish(run_id, RunEvent("thread.message.delta", str(index)))
+
+            task = asyncio.create_task(publish_many())
+            await asyncio.sleep(chance.random() * 0.004)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert task.cancelled(), f"trial {trial}: the cancel was lost"
+            await bus.publish(run_id, ev("thread.run.cancelled"))
+            events = [item async for item in bus.subscribe(run_id, "0-0")]
+            assert events[-1].event == "thread.run.cancelled"
+            assert [int(e.data) for e in events[:-1]] == list(range(len(events) - 1))
+    finally:
+        keys = [key async for key in bus.redis.scan_iter(f"{prefix}*")]
+        if keys:
+            await bus.redis.delete(*keys)
+        await bus.aclose()

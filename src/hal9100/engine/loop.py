@@ -66,6 +66,23 @@ MAX_FAILED_EXECUTIONS = 3
 MAX_PARALLEL_CALLS = 8
 
 
+# A task asked to stop that still runs after this long is asked again.
+RECANCEL_SECONDS = 0.5
+
+
+async def _stopped(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel `tasks` and wait until every one has ended. A library that swallows a cancel
+    (redis-py does, mid-command) would let a model stream that should stop run on to its
+    end: whatever still runs is cancelled again. (Not at once: a task in its cleanup, such
+    as closing the model's HTTP stream, is given time to finish it.)"""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_SECONDS)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _outage(exc: BaseException) -> bool:
     """Whether `exc` is a lost or refused connection (a database failover, a network cut)
     rather than something the run itself brings about each time."""
@@ -136,9 +153,7 @@ class Engine:
             await job.crashed(exc)
         finally:
             await job.settle()
-            lease.cancel()
-            cancel_watch.cancel()
-            await asyncio.gather(lease, cancel_watch, return_exceptions=True)
+            await _stopped(lease, cancel_watch)
             if not stop.done():
                 stop.cancel()
             # A write that ended the run's work (finished, or waiting for tool outputs) let
@@ -349,8 +364,7 @@ class _Job:
                 deadline.cancel()
         if work.done():
             return
-        work.cancel()
-        await asyncio.gather(work, return_exceptions=True)
+        await _stopped(work)
         if self.stop.done() and self.stop.result() == "lease_lost":
             raise LeaseLost
         raise Stop(RunStatus.CANCELLED if self.stop.done() else RunStatus.EXPIRED)
@@ -524,9 +538,7 @@ class _Job:
                     call = tasks.pop(task)
                     await self._call_done(call, task.result(), calls)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _stopped(*tasks)
         if any(c.kind == "server" for c in calls):
             self.server_rounds += 1
         return await self._calls_answered(calls)

@@ -30,12 +30,36 @@ READ_PATIENCE = 30.0
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-async def _retrying(operation: Callable[[], Awaitable[T]], what: str, patience: float) -> T:
+async def _cancellable(operation: Callable[[], Awaitable[T]], *, finish: bool) -> T:
+    """Run one Redis operation so that a cancel of the caller always raises here.
+
+    redis-py swallows a cancel that arrives mid-command (redis/redis-py#2028, still so in
+    8.x: most cancels of a task awaiting XADD are lost), and a run's model stream that is
+    cancelled on expiry or cancel while it publishes would then go on to its end. So the
+    command runs in a task of its own, which the caller's cancel does not reach. With
+    `finish`, a cancelled caller first lets the command end (bounded), so that the events it
+    publishes next cannot overtake this one."""
+    task = asyncio.ensure_future(operation())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if finish:
+            await asyncio.wait({task}, timeout=PUBLISH_PATIENCE)
+        if not task.done():
+            task.cancel()
+        # Retrieved, so a failed command logs no "exception was never retrieved".
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise
+
+
+async def _retrying(
+    operation: Callable[[], Awaitable[T]], what: str, patience: float, *, finish: bool = False
+) -> T:
     delay = 0.05
     waited = 0.0
     while True:
         try:
-            return await operation()
+            return await _cancellable(operation, finish=finish)
         except TRANSIENT:
             if waited >= patience:
                 raise
@@ -77,7 +101,7 @@ class RedisEventBus:
                 await pipe.execute()
 
         try:
-            await _retrying(send, "publish", PUBLISH_PATIENCE)
+            await _retrying(send, "publish", PUBLISH_PATIENCE, finish=True)
         except TRANSIENT:
             # The run's state is in the database; only live streams miss this event.
             log.error("run %s: event %s lost, Redis is down", run_id, event.event)
@@ -126,7 +150,8 @@ class RedisEventBus:
         waiter = self._cancel_waiters.setdefault(run_id, asyncio.Event())
         try:
             # The request may have come before this executor started listening.
-            if await self.redis.exists(f"{self.prefix}:run:{run_id}:cancel"):
+            key = f"{self.prefix}:run:{run_id}:cancel"
+            if await _cancellable(lambda: self.redis.exists(key), finish=False):
                 return
             await waiter.wait()
         finally:
