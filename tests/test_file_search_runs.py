@@ -339,3 +339,50 @@ def test_tool_choice_file_search_forces_the_function(
     assert first["tool_choice"] == {"type": "function", "function": {"name": "file_search"}}
     # The forced tool ran: the model now chooses (as the Agents SDK's reset_tool_choice).
     assert second.get("tool_choice") in (None, "auto")
+
+
+def test_the_run_reads_as_conversation_items(sdk: openai.OpenAI) -> None:
+    """The thread as the Conversations API shows it: the search as a `file_search_call`
+    item (its results with `include`), the answer's citations as `file_citation`
+    annotations naming the file."""
+    word = marker()
+    store, ids = _store(sdk, {"zorblax.txt": f"The capital of Zorblax {word} is Quimby."})
+    assistant_id = _assistant(sdk, [store])
+    thread = sdk.beta.threads.create(
+        messages=[
+            {
+                "role": "user",
+                "content": f'[[call:file_search {{"query": "Zorblax {word}"}}]] '
+                "[[reply@1:Quimby【0:0†a】.]] tell me",
+            }
+        ]
+    )
+    run = sdk.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant_id, poll_interval_ms=POLL_MS
+    )
+    assert run.status == "completed", run.last_error
+    plain = sdk.conversations.items.list(thread.id, order="asc").data
+    assert [item.type for item in plain] == ["message", "file_search_call", "message"]
+    search = plain[1]
+    assert search.type == "file_search_call"
+    assert search.queries == [f"Zorblax {word}"]
+    assert search.status == "completed"
+    assert search.results is None
+    answer = plain[2]
+    assert answer.type == "message"
+    (part,) = answer.content
+    assert part.type == "output_text"
+    assert part.text == "Quimby."
+    (citation,) = part.annotations
+    assert citation.type == "file_citation"
+    assert (citation.file_id, citation.filename) == (ids["zorblax.txt"], "zorblax.txt")
+    assert citation.index == len("Quimby")
+    detailed = sdk.conversations.items.retrieve(
+        search.id, conversation_id=thread.id, include=["file_search_call.results"]
+    )
+    assert detailed.type == "file_search_call"
+    assert detailed.results is not None
+    (result,) = detailed.results
+    assert result.file_id == ids["zorblax.txt"]
+    assert result.filename == "zorblax.txt"
+    assert result.text is not None and word in result.text

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from hal9100 import __version__, datadir
 from hal9100.assistants.endpoints import router as assistants_router
 from hal9100.config import Settings
+from hal9100.conversations.endpoints import router as conversations_router
 from hal9100.core.auth import APIKeyMiddleware
 from hal9100.core.errors import error_body, install_error_handlers
 from hal9100.core.guards import BodyLimitMiddleware, TextGuardMiddleware
@@ -37,6 +38,7 @@ def api_router() -> APIRouter:
         messages_router,
         files_router,
         vector_stores_router,
+        conversations_router,
     ):
         router.include_router(part)
     return router

@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from hal9100.core.clock import ordinal
+
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 JsonType = JSON().with_variant(JSONB(), "postgresql")
@@ -120,6 +122,12 @@ class Message(Base):
     run_id: Mapped[str | None] = mapped_column(String(64), index=True)
     attachments: Mapped[list[Any] | None] = mapped_column(JsonType)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
+    # Its place among the thread's messages, run steps and items (null on rows older than
+    # the column: their created_at stands in).
+    ordinal: Mapped[int | None] = mapped_column(BigInteger, default=ordinal)
+    # The content as a Responses or Conversations request gave it (input_text, input_file
+    # ...), which the Assistants shape in `content` cannot hold whole.
+    item_content: Mapped[list[Any] | None] = mapped_column(JsonType)
 
 
 class File(Base):
@@ -226,6 +234,26 @@ class RunStep(Base):
     completed_at: Mapped[int | None] = mapped_column(BigInteger)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
     usage: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    ordinal: Mapped[int | None] = mapped_column(BigInteger, default=ordinal)
+
+
+class Item(Base):
+    """A conversation item that is neither a message of the thread nor a tool call of one
+    of its runs (those are items too, shown from their own tables): a function call output
+    or a function call a client added, a reasoning item, a system or developer message.
+    `data` is the item as the API answers it. A row of type `deleted` hides the run's tool
+    call item whose id it holds."""
+
+    __tablename__ = "items"
+    __table_args__ = (Index("ix_items_thread_order", "thread_id", "ordinal"),)
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    thread_id: Mapped[str] = mapped_column(String(64), ForeignKey("threads.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(BigInteger, default=ordinal)
+    type: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(JsonType)
 
 
 class VectorStore(Base):

@@ -104,7 +104,7 @@ async def build_message(
     )
 
 
-async def _ensure_no_active_run(session: AsyncSession, thread_id: str) -> None:
+async def ensure_no_active_run(session: AsyncSession, thread_id: str) -> None:
     active = await RunRepository(session).active_run_id(thread_id)
     if active is not None:
         raise APIError(
@@ -123,7 +123,7 @@ async def create(
     # check takes) that transaction holds the database's write lock by then, so a run that
     # another process adds is either seen here or added after this message.
     await session.flush()
-    await _ensure_no_active_run(session, thread_id)
+    await ensure_no_active_run(session, thread_id)
     await stores.commit(session, runtime)
     return to_object(row)
 

@@ -13,7 +13,7 @@ from hal9100.core import ids
 from hal9100.core.clock import now
 from hal9100.core.resources import check_tool_resources
 from hal9100.core.schemas import DeletedObject
-from hal9100.db.models import ACTIVE_RUN_STATUSES, Message, Run, RunStep, Thread
+from hal9100.db.models import ACTIVE_RUN_STATUSES, Item, Message, Run, RunStep, Thread
 from hal9100.events.base import run_gone_event
 from hal9100.messages.service import build_message
 from hal9100.runtime import Runtime
@@ -103,6 +103,7 @@ async def delete(session: AsyncSession, runtime: Runtime, thread_id: str) -> Del
     )
     active = [run_id for run_id, status in runs if status in ACTIVE_RUN_STATUSES]
     await session.execute(sql_delete(Message).where(Message.thread_id == thread_id))
+    await session.execute(sql_delete(Item).where(Item.thread_id == thread_id))
     await session.execute(sql_delete(Thread).where(Thread.id == thread_id))
     await session.commit()
     # The runs went with their thread: their executors stop (finding no row, they write
