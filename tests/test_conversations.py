@@ -112,6 +112,50 @@ def test_items_of_every_kind_keep_their_order_and_shape(client: openai.OpenAI) -
     assert one.id == call.id and one.type == "function_call"
 
 
+def test_an_earlier_responses_tool_calls_read_back_in_openais_shape(
+    client: openai.OpenAI,
+) -> None:
+    """Tool call items carried over from elsewhere are kept by their type's fields only:
+    whatever else they hold, they read back as the spec has them."""
+    conversation = client.conversations.create()
+    client.conversations.items.create(
+        conversation.id,
+        items=[
+            {
+                "type": "file_search_call",
+                "id": "fs_elsewhere",
+                "status": "searching",
+                "queries": ["capital of France"],
+                "results": [
+                    {"file_id": "file-1", "filename": "a.txt", "text": "Paris", "score": 2}
+                ],
+                "extra": {"junk": True},
+            },
+            {
+                "type": "code_interpreter_call",
+                "id": "ci_elsewhere",
+                "status": "completed",
+                "container_id": "cntr_1",
+                "code": "print(1)",
+                "outputs": [{"type": "logs", "logs": "1"}],
+            },
+            {
+                "type": "function_call_output",
+                "call_id": "call_9",
+                "output": [{"type": "input_text", "text": "done"}],
+            },
+        ],  # type: ignore[list-item]
+    )
+    search, code, output = client.conversations.items.list(conversation.id, order="asc").data
+    assert search.type == "file_search_call" and search.status == "completed"
+    assert search.queries == ["capital of France"]
+    assert search.results is not None and search.results[0].text == "Paris"
+    assert code.type == "code_interpreter_call" and code.code == "print(1)"
+    assert code.outputs is not None and code.outputs[0].type == "logs"
+    assert output.type == "function_call_output"
+    assert not isinstance(output.output, str) and output.output[0].type == "input_text"
+
+
 def test_pages_follow_after_in_both_orders(client: openai.OpenAI) -> None:
     conversation = client.conversations.create(
         items=[{"role": "user", "content": f"message {n}"} for n in range(7)]
@@ -207,6 +251,11 @@ def test_a_threads_run_reads_as_items(client: openai.OpenAI) -> None:
     assert [i.type for i in pending] == ["message", "function_call"]
     assert pending[1].call_id == call.id  # type: ignore[union-attr]
     assert pending[1].status == "completed"  # type: ignore[union-attr]
+    # The run waits for the client's answer to that call: its history stays as it is.
+    with pytest.raises(openai.BadRequestError):
+        client.conversations.items.delete(pending[1].id, conversation_id=thread.id)
+    with pytest.raises(openai.BadRequestError):
+        client.conversations.items.create(thread.id, items=[{"role": "user", "content": "x"}])
     run = client.beta.threads.runs.submit_tool_outputs_and_poll(
         run_id=run.id,
         thread_id=thread.id,
@@ -250,6 +299,47 @@ def test_a_threads_run_reads_as_items(client: openai.OpenAI) -> None:
         ([{"type": "function_call_output", "output": "x"}], "items[0].call_id"),
         ([{"role": "user", "content": "ok"}, "not an item"], "items[1]"),
         ([{"role": "user", "content": "x"}] * 21, "items"),
+        ([{"role": ["user"], "content": "x"}], "items[0].role"),
+        ([{"type": {}, "content": "x"}], "items[0].type"),
+        ([{"type": ["message"]}], "items[0].type"),
+        (
+            [
+                {
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "a", "annotations": [1]}],
+                }
+            ],
+            "items[0].content[0].annotations[0].type",
+        ),
+        (
+            [
+                {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "output_text",
+                            "text": "a",
+                            "annotations": [
+                                {"type": "file_citation", "file_id": "f", "index": "0"}
+                            ],
+                        }
+                    ],
+                }
+            ],
+            "items[0].content[0].annotations[0].filename",
+        ),
+        ([{"type": "reasoning", "summary": "thought"}], "items[0].summary"),
+        (
+            [{"type": "reasoning", "summary": [{"type": "summary_text"}]}],
+            "items[0].summary[0].text",
+        ),
+        ([{"type": "file_search_call", "queries": [1]}], "items[0].queries[0]"),
+        ([{"type": "file_search_call", "results": ["x"]}], "items[0].results[0]"),
+        (
+            [{"type": "code_interpreter_call", "outputs": [{"type": "video"}]}],
+            "items[0].outputs[0].type",
+        ),
+        ([{"type": "function_call_output", "call_id": "c", "output": [5]}], "items[0].output[0]"),
     ],
 )
 def test_bad_items_are_refused_and_nothing_is_added(

@@ -344,12 +344,7 @@ def _content_part(part: Any, role: str, param: str) -> dict[str, Any]:
     if kind in ("input_text", "output_text", "text"):
         text = _text(part.get("text"), f"{param}.text")
         if role == "assistant":
-            annotations = part.get("annotations") or []
-            if not isinstance(annotations, list):
-                raise bad_request(
-                    f"Invalid type for '{param}.annotations': expected an array.",
-                    f"{param}.annotations",
-                )
+            annotations = _annotations(part.get("annotations") or [], f"{param}.annotations")
             return {
                 "type": "output_text",
                 "text": text,
@@ -391,10 +386,52 @@ def _content_part(part: Any, role: str, param: str) -> dict[str, Any]:
     )
 
 
+# The fields of each annotation type an assistant's output_text may carry, and their types.
+_ANNOTATION_FIELDS: dict[str, dict[str, type]] = {
+    "file_citation": {"file_id": str, "filename": str, "index": int},
+    "file_path": {"file_id": str, "index": int},
+    "url_citation": {"url": str, "title": str, "start_index": int, "end_index": int},
+    "container_file_citation": {
+        "container_id": str,
+        "file_id": str,
+        "filename": str,
+        "start_index": int,
+        "end_index": int,
+    },
+}
+
+
+def _annotations(value: Any, param: str) -> list[dict[str, Any]]:
+    out = []
+    for index, annotation in enumerate(_list(value, param)):
+        where = f"{param}[{index}]"
+        kind = annotation.get("type") if isinstance(annotation, dict) else None
+        fields = _ANNOTATION_FIELDS.get(kind) if isinstance(kind, str) else None
+        if fields is None or not isinstance(annotation, dict):
+            raise bad_request(
+                f"Invalid value for '{where}.type': expected one of "
+                + ", ".join(_ANNOTATION_FIELDS)
+                + ".",
+                f"{where}.type",
+            )
+        kept: dict[str, Any] = {"type": kind}
+        for name, expected in fields.items():
+            field = annotation.get(name)
+            if not isinstance(field, expected) or isinstance(field, bool):
+                raise bad_request(
+                    f"Invalid type for '{where}.{name}': expected "
+                    + ("an integer." if expected is int else "a string."),
+                    f"{where}.{name}",
+                )
+            kept[name] = field
+        out.append(kept)
+    return out
+
+
 def message_content(item: dict[str, Any], param: str) -> tuple[str, list[dict[str, Any]]]:
     """A message item's role and its content as items show it."""
     role = item.get("role")
-    if role not in MESSAGE_ROLES:
+    if not isinstance(role, str) or role not in MESSAGE_ROLES:
         raise bad_request(
             f"Invalid value for '{param}.role': expected one of user, assistant, system or "
             "developer.",
@@ -441,7 +478,40 @@ def _assistants_content(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _list(value: Any, param: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise bad_request(f"Invalid type for '{param}': expected an array.", param)
+    return value
+
+
+def _texts(value: Any, kind: str, param: str) -> list[dict[str, Any]]:
+    """Parts of one kind holding a text (a reasoning item's summary or content)."""
+    parts = []
+    for index, part in enumerate(_list(value, param)):
+        where = f"{param}[{index}]"
+        if not isinstance(part, dict):
+            raise bad_request(f"Invalid type for '{where}': expected an object.", where)
+        parts.append({"type": kind, "text": _text(part.get("text"), f"{where}.text")})
+    return parts
+
+
+def _output(value: Any, param: str) -> str | list[dict[str, Any]]:
+    """A function call's output: a string, or input content parts."""
+    if isinstance(value, str):
+        return value
+    parts = []
+    for index, part in enumerate(_list(value, param)):
+        where = f"{param}[{index}]"
+        if isinstance(part, dict) and part.get("type") == "input_text":
+            parts.append({"type": "input_text", "text": _text(part.get("text"), f"{where}.text")})
+        else:
+            parts.append(_content_part(part, "user", where))
+    return parts
+
+
 def _stored_item(item: dict[str, Any], kind: str, param: str) -> dict[str, Any]:
+    """An item kept as given, rebuilt from the fields its type has (so that whatever else
+    a client sent, the item reads back as OpenAI's shape)."""
     if kind == "function_call":
         return {
             "type": kind,
@@ -452,42 +522,82 @@ def _stored_item(item: dict[str, Any], kind: str, param: str) -> dict[str, Any]:
             "status": "completed",
         }
     if kind == "function_call_output":
-        output = item.get("output")
-        if not isinstance(output, (str, list)):
-            raise bad_request(
-                f"Invalid type for '{param}.output': expected a string or an array.",
-                f"{param}.output",
-            )
         return {
             "type": kind,
             "id": ids.new_id("fco_"),
             "call_id": _text(item.get("call_id"), f"{param}.call_id"),
-            "output": output,
+            "output": _output(item.get("output"), f"{param}.output"),
             "status": "completed",
         }
     if kind == "reasoning":
-        summary = item.get("summary") or []
-        if not isinstance(summary, list):
-            raise bad_request(
-                f"Invalid type for '{param}.summary': expected an array.", f"{param}.summary"
+        stored: dict[str, Any] = {
+            "type": kind,
+            "id": ids.new_id("rs_"),
+            "summary": _texts(item.get("summary") or [], "summary_text", f"{param}.summary"),
+        }
+        if item.get("content") is not None:
+            stored["content"] = _texts(item["content"], "reasoning_text", f"{param}.content")
+        if item.get("encrypted_content") is not None:
+            stored["encrypted_content"] = _text(
+                item["encrypted_content"], f"{param}.encrypted_content"
             )
-        stored = {"type": kind, "id": ids.new_id("rs_"), "summary": summary}
-        for key in ("content", "encrypted_content"):
-            if item.get(key) is not None:
-                stored[key] = item[key]
         return stored
-    # file_search_call, code_interpreter_call: an earlier response's output, kept as given.
-    stored = json.loads(json.dumps(item))
-    stored["id"] = ids.new_id("fs_" if kind == "file_search_call" else "ci_")
     if kind == "file_search_call":
-        stored.setdefault("queries", [])
-        stored["status"] = "completed"
-    else:
-        stored.setdefault("container_id", "")
-        stored.setdefault("code", "")
-        stored.setdefault("outputs", None)
-        stored["status"] = "completed"
-    return stored
+        queries = _list(item.get("queries") or [], f"{param}.queries")
+        results = item.get("results")
+        return {
+            "type": kind,
+            "id": ids.new_id("fs_"),
+            "status": "completed",
+            "queries": [_text(q, f"{param}.queries[{i}]") for i, q in enumerate(queries)],
+            "results": None if results is None else _search_results(results, f"{param}.results"),
+        }
+    code = item.get("code")
+    outputs = item.get("outputs")
+    return {
+        "type": kind,
+        "id": ids.new_id("ci_"),
+        "status": "completed",
+        "container_id": _text(item.get("container_id") or "", f"{param}.container_id"),
+        "code": None if code is None else _text(code, f"{param}.code"),
+        "outputs": None if outputs is None else _code_outputs(outputs, f"{param}.outputs"),
+    }
+
+
+def _search_results(value: Any, param: str) -> list[dict[str, Any]]:
+    results = []
+    for index, result in enumerate(_list(value, param)):
+        where = f"{param}[{index}]"
+        if not isinstance(result, dict):
+            raise bad_request(f"Invalid type for '{where}': expected an object.", where)
+        score = result.get("score")
+        attributes = result.get("attributes")
+        results.append(
+            {
+                "file_id": _text(result.get("file_id") or "", f"{where}.file_id"),
+                "filename": _text(result.get("filename") or "", f"{where}.filename"),
+                "text": _text(result.get("text") or "", f"{where}.text"),
+                "score": float(score) if isinstance(score, int | float) else 0.0,
+                "attributes": attributes if isinstance(attributes, dict) else {},
+            }
+        )
+    return results
+
+
+def _code_outputs(value: Any, param: str) -> list[dict[str, Any]]:
+    outputs = []
+    for index, output in enumerate(_list(value, param)):
+        where = f"{param}[{index}]"
+        kind = output.get("type") if isinstance(output, dict) else None
+        if kind == "logs":
+            outputs.append({"type": "logs", "logs": _text(output.get("logs"), f"{where}.logs")})
+        elif kind == "image":
+            outputs.append({"type": "image", "url": _text(output.get("url"), f"{where}.url")})
+        else:
+            raise bad_request(
+                f"Invalid value for '{where}.type': expected 'logs' or 'image'.", f"{where}.type"
+            )
+    return outputs
 
 
 def build_entries(
@@ -532,13 +642,13 @@ def build_entries(
                     "content": content,
                 }
                 rows.append(Item(**_item_row(thread_id, data, stamp, place)))
-        elif kind in STORED_TYPES:
+        elif isinstance(kind, str) and kind in STORED_TYPES:
             data = _stored_item(item, kind, where)
             rows.append(Item(**_item_row(thread_id, data, stamp, place)))
         else:
             raise bad_request(
-                f"Invalid value for '{where}.type': items of type '{kind}' are not supported "
-                "by this server.",
+                f"Invalid value for '{where}.type': items of type {json.dumps(kind)[:80]} are "
+                "not supported by this server.",
                 f"{where}.type",
             )
     return rows

@@ -127,6 +127,9 @@ async def delete_item(
     session: AsyncSession, conversation_id: str, item_id: str
 ) -> ConversationObject:
     entry = await _entry(session, conversation_id, item_id, set())
+    # A run building its prompt from the thread, or waiting for the client's answer to a
+    # call, must not see its history change.
+    await ensure_no_active_run(session, conversation_id)
     source = entry.source
     if isinstance(source, Message | Item):
         await session.delete(source)
