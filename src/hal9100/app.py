@@ -19,6 +19,7 @@ from hal9100.core.errors import error_body, install_error_handlers
 from hal9100.core.guards import BodyLimitMiddleware, TextGuardMiddleware
 from hal9100.files.endpoints import router as files_router
 from hal9100.messages.endpoints import router as messages_router
+from hal9100.responses.endpoints import router as responses_router
 from hal9100.runs.endpoints import router as runs_router
 from hal9100.runtime import connect_runtime
 from hal9100.threads.endpoints import router as threads_router
@@ -39,6 +40,7 @@ def api_router() -> APIRouter:
         files_router,
         vector_stores_router,
         conversations_router,
+        responses_router,
     ):
         router.include_router(part)
     return router

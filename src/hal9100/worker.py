@@ -18,6 +18,7 @@ import uuid
 from sqlalchemy import ColumnElement, or_, select, update
 
 from hal9100.config import Settings
+from hal9100.core import ids
 from hal9100.core.clock import now
 from hal9100.db.engine import make_engine, make_sessionmaker
 from hal9100.db.models import Run, RunStatus, VectorStoreFile
@@ -26,6 +27,7 @@ from hal9100.engine.recorder import Execution
 from hal9100.engine.state import ACTIVE, RUNNABLE, terminal_values, transition
 from hal9100.ingestion.job import Ingestor
 from hal9100.queue.base import EXECUTE_RUN, INGEST_FILE
+from hal9100.responses.recorder import ResponsesRecorder
 from hal9100.runs.lifecycle import close_open_work, run_event
 from hal9100.runs.recorder import AssistantsRecorder
 from hal9100.runs.service import route
@@ -66,7 +68,9 @@ class Worker:
         self._sweeper: asyncio.Task[None] | None = None
 
     def _recorder(self, execution: Execution) -> AssistantsRecorder:
-        # Every run is an Assistants run today; the Responses API will add its recorder here.
+        # A run is a response of the Responses API, or an Assistants run.
+        if execution.run_id.startswith(ids.RESPONSE_PREFIX):
+            return ResponsesRecorder(execution, self.runtime.storage)
         return AssistantsRecorder(execution, self.runtime.storage)
 
     async def start(self) -> None:

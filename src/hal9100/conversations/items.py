@@ -16,6 +16,7 @@ string, items carrying the ids and statuses an earlier response gave them.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,7 +181,7 @@ def _call_status(step: RunStep) -> str:
     return "incomplete"
 
 
-def step_items(step: RunStep, include: set[str] = frozenset()) -> list[dict[str, Any]]:  # type: ignore[assignment]
+def step_items(step: RunStep, include: Collection[str] = ()) -> list[dict[str, Any]]:
     """A `tool_calls` step's calls as items (function calls, then the outputs they have)."""
     if step.type != "tool_calls":
         return []
@@ -284,7 +285,7 @@ def _place(value: int | None, created_at: int) -> int:
 async def thread_entries(
     session: AsyncSession,
     thread_id: str,
-    include: set[str] = frozenset(),  # type: ignore[assignment]
+    include: Collection[str] = (),
 ) -> list[Entry]:
     """Every item of a thread, oldest first."""
     messages = (

@@ -37,7 +37,7 @@ async def _thread(session: AsyncSession, conversation_id: str) -> Thread:
 
 
 async def create(session: AsyncSession, body: ConversationCreate) -> ConversationObject:
-    thread = Thread(id=ids.new_id("conv_"), created_at=now(), metadata_=body.metadata or {})
+    thread = Thread(id=ids.conversation_id(), created_at=now(), metadata_=body.metadata or {})
     session.add(thread)
     rows = items_.build_entries(thread.id, body.items or [], "items")
     await session.flush()

@@ -46,3 +46,15 @@ def vector_store_id() -> str:
 
 def file_batch_id() -> str:
     return new_id("vsfb_")
+
+
+# A response's id (its run is recorded by the Responses API).
+RESPONSE_PREFIX = "resp_"
+
+
+def response_id() -> str:
+    return new_id(RESPONSE_PREFIX)
+
+
+def conversation_id() -> str:
+    return new_id("conv_")

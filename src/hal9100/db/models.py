@@ -212,6 +212,9 @@ class Run(Base):
     # Tool calls the model got wrong (an unknown function, arguments that are not JSON) and
     # was asked to redo, over the whole run: bounded, so a model that never gets it right ends.
     corrections: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A Responses API response (its id `resp_...`): what its request set that a run has no
+    # column for (previous_response_id, conversation, store, text, tools as given...).
+    response: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
 
 
 class RunStep(Base):

@@ -428,6 +428,8 @@ class _Job:
                 # calls are on record before any of them is made.
                 values["open_calls"] = [c.dump() for c in calls]
                 open_calls = True
+            elif self.rec.client_calls_end_run:
+                values.update(terminal_values(RunStatus.COMPLETED))
             else:
                 values.update(self._requires_action(calls))
                 open_calls = True
@@ -605,7 +607,11 @@ class _Job:
     async def _calls_answered(self, calls: list[Call]) -> Run | None:
         client = [c for c in calls if c.kind == "client"]
         async with self.x.sessions() as session:
-            if client:
+            if client and self.rec.client_calls_end_run:
+                updated = await self._fence(session, terminal_values(RunStatus.COMPLETED))
+                events = await self.rec.calls_done(session, calls)
+                events.extend(self.rec.run_changed(updated))
+            elif client:
                 updated = await self._fence(session, self._requires_action(calls))
                 events = self.rec.run_changed(updated)
             else:

@@ -93,6 +93,11 @@ Insert = Callable[..., Coroutine[Any, Any, None]]
 class Recorder(Protocol):
     """One execution's recorder. The engine creates one per execution of a run."""
 
+    # Whether a turn whose calls are all the client's ends the run (Responses: the client
+    # answers in its next request) rather than waiting for the client (Assistants:
+    # `requires_action`, then submit_tool_outputs).
+    client_calls_end_run: bool
+
     async def prompt(
         self,
         session: AsyncSession,

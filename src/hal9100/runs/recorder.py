@@ -115,6 +115,8 @@ def _tool_call(call: Call) -> dict[str, Any]:
 
 
 class AssistantsRecorder:
+    client_calls_end_run = False
+
     def __init__(self, execution: Execution, storage: ObjectStorage) -> None:
         self.x = execution
         self.storage = storage

@@ -188,7 +188,7 @@ async def route(runtime: Runtime, thread_id: str, tools: list[dict[str, Any]] | 
     return None
 
 
-async def _ensure_idle(session: AsyncSession, thread_id: str) -> None:
+async def ensure_idle(session: AsyncSession, thread_id: str) -> None:
     active = await RunRepository(session).active_run_id(thread_id)
     if active is not None:
         raise bad_request(f"Thread {thread_id} already has an active run {active}.")
@@ -210,7 +210,7 @@ async def create(
             assistant = await AssistantRepository(session).get_or_404(
                 body.assistant_id, "assistant_id"
             )
-        await _ensure_idle(session, thread_id)
+        await ensure_idle(session, thread_id)
         run = _new_run(runtime, body, assistant, thread_id, include, tools, tool_choice)
         for index, message in enumerate(body.additional_messages or []):
             session.add(

@@ -1,6 +1,7 @@
-"""conversation items: a thread is also a conversation; its messages and run steps get an
-`ordinal` (their order among its items across tables), messages keep the content a
-Responses-style request gave, and `items` holds the items that are neither
+"""conversations and responses: a thread is also a conversation; its messages and run steps
+get an `ordinal` (their order among its items across tables), messages keep the content a
+Responses-style request gave, `items` holds the items that are neither, and a run that is a
+response keeps what its request set in `response`
 
 Revision ID: 0008
 Revises: 0007
@@ -30,6 +31,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("item_content", JSON, nullable=True))
     with op.batch_alter_table("run_steps", schema=None) as batch_op:
         batch_op.add_column(sa.Column("ordinal", sa.BigInteger(), nullable=True))
+    with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("response", JSON, nullable=True))
     op.create_table(
         "items",
         sa.Column("seq", SEQ, primary_key=True, autoincrement=True),
@@ -53,6 +56,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("items")
+    with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.drop_column("response")
     with op.batch_alter_table("run_steps", schema=None) as batch_op:
         batch_op.drop_column("ordinal")
     with op.batch_alter_table("messages", schema=None) as batch_op:

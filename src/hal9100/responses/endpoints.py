@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+
+from hal9100.conversations.endpoints import IncludeQuery, IncludeQueryPlain, _include
+from hal9100.conversations.schemas import ItemList
+from hal9100.core.deps import RuntimeDep, SessionDep
+from hal9100.core.pagination import ListParams
+from hal9100.responses import objects, service
+from hal9100.responses.schemas import ResponseCreate
+
+router = APIRouter(prefix="/responses", tags=["responses"])
+
+
+@router.post("")
+async def create_response(body: ResponseCreate, session: SessionDep, runtime: RuntimeDep) -> Any:
+    run, position = await service.create(session, runtime, body)
+    if body.background:
+        return await objects.to_object(session, run)
+    done = await service.wait_done(runtime, session, run, position)
+    answer = await objects.to_object(session, done)
+    if not answer["store"]:
+        await service.forget(session, done)
+    return answer
+
+
+@router.get("/{response_id}")
+async def retrieve_response(
+    response_id: str,
+    session: SessionDep,
+    include: IncludeQuery = None,
+    include_plain: IncludeQueryPlain = None,
+) -> Any:
+    return await service.retrieve(session, response_id, _include(include, include_plain))
+
+
+@router.delete("/{response_id}")
+async def delete_response(response_id: str, session: SessionDep, runtime: RuntimeDep) -> Any:
+    return await service.delete(session, runtime, response_id)
+
+
+@router.post("/{response_id}/cancel")
+async def cancel_response(response_id: str, session: SessionDep, runtime: RuntimeDep) -> Any:
+    return await service.cancel(session, runtime, response_id)
+
+
+@router.get("/{response_id}/input_items", response_model=ItemList)
+async def list_input_items(
+    response_id: str,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    after: Annotated[str | None, Query()] = None,
+    include: IncludeQuery = None,
+    include_plain: IncludeQueryPlain = None,
+) -> Any:
+    params = ListParams(limit=limit, order=order, after=after)
+    return await service.input_items(session, response_id, params, _include(include, include_plain))

@@ -1,0 +1,376 @@
+"""Responses: each one a run of the engine on a thread, the conversation's when it names one,
+else a thread of its own (its `previous_response_id` chain is read from the earlier
+responses' threads). Its input items are written before the run is queued, as the
+Conversations API writes items; what it produces is its run's messages and steps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from typing import Any
+
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hal9100.assistants.repository import AssistantRepository
+from hal9100.conversations import items as items_
+from hal9100.conversations.schemas import ItemList
+from hal9100.core import ids
+from hal9100.core.clock import now
+from hal9100.core.errors import APIError, bad_request, not_found
+from hal9100.core.pagination import ListParams
+from hal9100.db.models import Assistant, Item, Message, Run, RunStatus, RunStep, Thread
+from hal9100.engine.state import TERMINAL
+from hal9100.events.base import TERMINAL_EVENTS
+from hal9100.queue.base import EXECUTE_RUN
+from hal9100.responses import objects, tools
+from hal9100.responses.recorder import context
+from hal9100.responses.schemas import ResponseCreate
+from hal9100.runs import service as runs
+from hal9100.runtime import Runtime
+from hal9100.threads import service as threads
+
+_VARIABLE = re.compile(r"\{\{\s*([a-zA-Z0-9_]+)\s*\}\}")
+
+
+async def _stored(session: AsyncSession, response_id: str, param: str | None = None) -> Run:
+    run = await session.scalar(select(Run).where(Run.id == response_id))
+    if run is None or run.response is None or not run.response.get("store", True):
+        raise not_found("response", response_id, param)
+    return run
+
+
+def _input(body: ResponseCreate) -> list[Any]:
+    if body.input is None:
+        return []
+    if isinstance(body.input, str):
+        return [{"type": "message", "role": "user", "content": body.input}]
+    return body.input
+
+
+def _format(body: ResponseCreate) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(`text` to echo, the run's response_format)."""
+    if body.text is None:
+        return None, None
+    text = body.text.model_dump(mode="json", by_alias=True, exclude_none=True)
+    fmt = text.get("format")
+    if not fmt or fmt["type"] == "text":
+        return text, None
+    if fmt["type"] == "json_object":
+        return text, {"type": "json_object"}
+    schema = {k: v for k, v in fmt.items() if k != "type"}
+    return text, {"type": "json_schema", "json_schema": schema}
+
+
+def _instructions(assistant: Assistant | None, body: ResponseCreate) -> str:
+    if body.instructions is not None:
+        return body.instructions
+    if assistant is None:
+        return ""
+    text = assistant.instructions or ""
+    variables = body.prompt.variables if body.prompt is not None else None
+    if variables:
+        for name, value in variables.items():
+            if not isinstance(value, str):
+                raise bad_request(
+                    f"Invalid type for 'prompt.variables.{name}': this server substitutes "
+                    "string variables only.",
+                    f"prompt.variables.{name}",
+                )
+
+        def substitute(match: re.Match[str]) -> str:
+            return str(variables.get(match.group(1), match.group(0)))
+
+        text = _VARIABLE.sub(substitute, text)
+    return text
+
+
+def _assistant_tools(assistant: Assistant) -> list[Any]:
+    """A stored assistant's function tools, as a response's `tools` gives them."""
+    given = []
+    for tool in assistant.tools or []:
+        if tool.get("type") == "function":
+            function = tool.get("function") or {}
+            given.append({"type": "function", **function})
+        else:
+            raise bad_request(
+                f"The assistant's '{tool.get('type')}' tool cannot be used by a response on "
+                "this server yet (function tools can).",
+                "prompt.id",
+            )
+    return given
+
+
+async def _check_outputs(session: AsyncSession, run: Run, rows: list[Message | Item]) -> None:
+    """Every function call output answers a call of the context, and every call the model
+    made in the previous response is answered (as OpenAI requires)."""
+    given = {
+        row.data.get("call_id")
+        for row in rows
+        if isinstance(row, Item) and row.type == "function_call_output"
+    }
+    entries = await context(session, run)
+    calls = {str(e.item.get("call_id")) for e in entries if e.item.get("type") == "function_call"}
+    answered = {
+        str(e.item.get("call_id")) for e in entries if e.item.get("type") == "function_call_output"
+    }
+    for call_id in given:
+        if call_id not in calls:
+            raise bad_request(
+                f"No tool call found for function call output with call_id {call_id}.", "input"
+            )
+    previous = (run.response or {}).get("previous_response_id")
+    if previous:
+        earlier = await session.scalar(select(Run).where(Run.id == previous))
+        if earlier is not None:
+            made = [
+                str(e.item.get("call_id"))
+                for e in entries
+                if e.item.get("type") == "function_call"
+                and isinstance(e.source, RunStep)
+                and e.source.run_id == earlier.id
+            ]
+            missing = [c for c in made if c not in answered]
+            if missing:
+                raise bad_request(f"No tool output found for function call {missing[0]}.", "input")
+
+
+async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) -> tuple[Run, str]:
+    """Write the response and queue it; returns it and the bus position before its events."""
+    if body.stream:
+        raise bad_request(
+            "Streaming responses is not available on this server yet: leave 'stream' unset "
+            "and read the response when it is done, or use 'background' and poll it.",
+            "stream",
+        )
+    store = True if body.store is None else body.store
+    if body.background and not store:
+        raise bad_request("Background responses must be stored: set 'store' to true.", "store")
+    if body.conversation is not None and body.previous_response_id is not None:
+        raise bad_request(
+            "Mutually exclusive parameters: 'previous_response_id' and 'conversation' "
+            "cannot be used together.",
+            "previous_response_id",
+        )
+    assistant = None
+    if body.prompt is not None:
+        assistant = await AssistantRepository(session).get(body.prompt.id)
+        if assistant is None:
+            raise not_found("prompt", body.prompt.id, "prompt.id")
+    model = body.model or (assistant.model if assistant is not None else None)
+    if not model:
+        raise bad_request("Missing required parameter: 'model'.", "model")
+    given_tools = body.tools
+    if given_tools is None and assistant is not None:
+        given_tools = _assistant_tools(assistant)
+    echoed_tools, run_tools = tools.run_tools(given_tools)
+    echoed_choice, run_choice = tools.run_tool_choice(body.tool_choice, run_tools)
+    text, response_format = _format(body)
+    if response_format is None and assistant is not None and body.text is None:
+        response_format = (
+            assistant.response_format if isinstance(assistant.response_format, dict) else None
+        )
+    conversation_id = (
+        body.conversation
+        if isinstance(body.conversation, str)
+        else body.conversation.id
+        if body.conversation is not None
+        else None
+    )
+    if conversation_id is not None:
+        thread = await session.scalar(select(Thread).where(Thread.id == conversation_id))
+        if thread is None:
+            raise not_found("conversation", conversation_id, "conversation")
+    else:
+        thread = Thread(id=ids.thread_id(), created_at=now(), metadata_={})
+        session.add(thread)
+    if body.previous_response_id is not None:
+        try:
+            await _stored(session, body.previous_response_id)
+        except APIError as exc:
+            raise bad_request(
+                f"Previous response with id '{body.previous_response_id}' not found.",
+                "previous_response_id",
+                "previous_response_not_found",
+            ) from exc
+    rows = items_.build_entries(thread.id, _input(body), "input")
+    created = now()
+    settings: dict[str, Any] = {
+        "previous_response_id": body.previous_response_id,
+        "conversation": conversation_id,
+        "store": store,
+        "background": bool(body.background),
+        "instructions": body.instructions
+        if body.instructions is not None
+        else (assistant.instructions if assistant is not None else None),
+        "tools": echoed_tools,
+        "tool_choice": echoed_choice,
+        "text": text,
+        "include": list(body.include or []),
+        "max_tool_calls": body.max_tool_calls,
+        "truncation": body.truncation or "disabled",
+        "reasoning": body.reasoning.model_dump(mode="json", exclude_none=True)
+        if body.reasoning is not None
+        else None,
+        "prompt": body.prompt.model_dump(mode="json") if body.prompt is not None else None,
+        "prompt_cache_key": body.prompt_cache_key,
+        "prompt_cache_retention": body.prompt_cache_retention,
+        "safety_identifier": body.safety_identifier,
+        "user": body.user,
+        "top_logprobs": body.top_logprobs,
+        "input_ids": [items_.entry_item(row)["id"] for row in rows],
+    }
+    run = Run(
+        id=ids.response_id(),
+        created_at=created,
+        thread_id=thread.id,
+        assistant_id=assistant.id if assistant is not None else "",
+        status=RunStatus.QUEUED,
+        expires_at=created + runtime.settings.run_expiry_seconds,
+        model=model,
+        instructions=_instructions(assistant, body),
+        tools=run_tools,
+        metadata_=body.metadata or {},
+        temperature=body.temperature
+        if body.temperature is not None
+        else (assistant.temperature if assistant is not None else None),
+        top_p=body.top_p
+        if body.top_p is not None
+        else (assistant.top_p if assistant is not None else None),
+        max_completion_tokens=body.max_output_tokens,
+        truncation_strategy={"type": "auto", "last_messages": None},
+        tool_choice=run_choice,
+        parallel_tool_calls=True if body.parallel_tool_calls is None else body.parallel_tool_calls,
+        response_format=response_format,
+        reasoning_effort=body.reasoning.effort if body.reasoning is not None else None,
+        include=[],
+        lease_expires_at=time.time() + runtime.settings.lease_seconds,
+        epoch=0,
+        cancel_requested=False,
+        response=settings,
+    )
+    await session.flush()
+    session.add_all(rows)
+    await session.flush()
+    await _check_outputs(session, run, rows)
+    if conversation_id is not None:
+        await runs.ensure_idle(session, conversation_id)
+    session.add(run)
+    try:
+        await session.commit()
+    except IntegrityError as exc:
+        # Another response (or run) of the conversation started meanwhile.
+        await session.rollback()
+        raise bad_request(
+            f"Another response is in progress for conversation {conversation_id}.",
+            "conversation",
+        ) from exc
+    position = await runtime.bus.position(run.id)
+    await runtime.queue.enqueue(EXECUTE_RUN, run.id, worker=None)
+    return run, position
+
+
+async def wait_done(runtime: Runtime, session: AsyncSession, run: Run, position: str) -> Run:
+    """Wait until the response has ended: its events say so, or a look at its row when they
+    are quiet (a bus that restarted loses nothing here)."""
+    ended = asyncio.Event()
+
+    async def watch() -> None:
+        async for event in runtime.bus.subscribe(run.id, position):
+            if event.event in TERMINAL_EVENTS:
+                break
+        ended.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), timeout=runtime.settings.stream_check_seconds)
+            async with runtime.sessions() as fresh:
+                status = await fresh.scalar(select(Run.status).where(Run.id == run.id))
+            if status is None:
+                raise not_found("response", run.id)
+            if status in TERMINAL:
+                await session.refresh(run)
+                return run
+            if watcher.done():
+                # The bus gave up (Redis gone for long): look at the row now and then.
+                ended.clear()
+                await asyncio.sleep(min(1.0, runtime.settings.stream_check_seconds))
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(BaseException):
+            await watcher
+
+
+async def forget(session: AsyncSession, run: Run) -> None:
+    """A response that is not to be stored: gone once answered (its thread with it, unless
+    the thread is a conversation, which keeps what the response added)."""
+    if (run.response or {}).get("conversation"):
+        run.response = {**(run.response or {}), "store": False}
+        await session.commit()
+        return
+    thread_id = run.thread_id
+    await session.execute(sql_delete(RunStep).where(RunStep.run_id == run.id))
+    await session.execute(sql_delete(Run).where(Run.id == run.id))
+    await session.execute(sql_delete(Message).where(Message.thread_id == thread_id))
+    await session.execute(sql_delete(Item).where(Item.thread_id == thread_id))
+    await session.execute(sql_delete(Thread).where(Thread.id == thread_id))
+    await session.commit()
+
+
+async def retrieve(session: AsyncSession, response_id: str, include: set[str]) -> dict[str, Any]:
+    return await objects.to_object(session, await _stored(session, response_id), include)
+
+
+async def delete(session: AsyncSession, runtime: Runtime, response_id: str) -> dict[str, Any]:
+    run = await _stored(session, response_id)
+    if (run.response or {}).get("conversation"):
+        # The conversation keeps its items; the response object goes.
+        if run.status not in TERMINAL:
+            await runs.cancel(session, runtime, run.thread_id, run.id)
+        await forget(session, await _stored(session, response_id))
+    else:
+        await threads.delete(session, runtime, run.thread_id)
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+async def cancel(session: AsyncSession, runtime: Runtime, response_id: str) -> dict[str, Any]:
+    run = await _stored(session, response_id)
+    if not (run.response or {}).get("background"):
+        raise bad_request("Only background responses can be cancelled.")
+    if run.status not in TERMINAL:
+        await runs.cancel(session, runtime, run.thread_id, run.id)
+    session.expire_all()
+    return await objects.to_object(session, await _stored(session, response_id))
+
+
+async def input_items(
+    session: AsyncSession, response_id: str, params: ListParams, include: set[str]
+) -> ItemList:
+    run = await _stored(session, response_id)
+    wanted = list((run.response or {}).get("input_ids") or [])
+    found = {
+        e.item["id"]: e.item
+        for e in await items_.thread_entries(session, run.thread_id, include)
+        if e.item.get("id") in wanted
+    }
+    data = [found[item_id] for item_id in wanted if item_id in found]
+    if params.order == "desc":
+        data.reverse()
+    if params.after is not None:
+        position = next((i for i, d in enumerate(data) if d["id"] == params.after), None)
+        if position is None:
+            raise bad_request(f"Invalid 'after': no item found with id '{params.after}'.", "after")
+        data = data[position + 1 :]
+    page = data[: params.limit]
+    return ItemList(
+        data=page,
+        first_id=page[0]["id"] if page else None,
+        last_id=page[-1]["id"] if page else None,
+        has_more=len(data) > params.limit,
+    )

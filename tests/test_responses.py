@@ -1,0 +1,361 @@
+"""The Responses API through the official SDK (answers checked against OpenAI's spec): plain
+and background responses, `previous_response_id` chains, the function-calling round trip,
+responses in a conversation and on an Assistants thread, stored prompts (an assistant), `store:
+false`, cancel, input items, and what is refused."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from runs_support import POLL_MS, marker, requests_with
+from scripted_llm import ScriptedLLM
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+def _sent(llm: ScriptedLLM, word: str) -> list[dict[str, Any]]:
+    """The chat messages of the newest request mentioning `word`."""
+    messages: list[dict[str, Any]] = requests_with(llm, word)[-1]["messages"]
+    return messages
+
+
+def _wait(client: openai.OpenAI, response_id: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.responses.retrieve(response_id)
+        if response.status not in ("queued", "in_progress"):
+            return response
+        assert time.monotonic() < deadline, f"response stuck in {response.status}"
+        time.sleep(POLL_MS / 1000)
+
+
+def test_a_plain_response(client: openai.OpenAI, scripted_llm: ScriptedLLM) -> None:
+    word = marker()
+    response = client.responses.create(
+        model="scripted-model",
+        input=f"{word} [[reply:Hello there.]]",
+        instructions="Be brief.",
+        metadata={"k": "v"},
+        temperature=0.5,
+    )
+    assert response.id.startswith("resp_")
+    assert response.object == "response"
+    assert response.status == "completed"
+    assert response.output_text == "Hello there."
+    (message,) = response.output
+    assert message.type == "message" and message.role == "assistant"
+    assert message.status == "completed"
+    assert response.instructions == "Be brief."
+    assert response.metadata == {"k": "v"}
+    assert response.temperature == 0.5
+    assert response.usage is not None and response.usage.output_tokens > 0
+    assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
+    assert response.completed_at is not None and response.error is None
+    sent = _sent(scripted_llm, word)
+    assert sent[0] == {"role": "system", "content": "Be brief."}
+    assert sent[-1]["role"] == "user" and word in sent[-1]["content"]
+    again = client.responses.retrieve(response.id)
+    assert again.output_text == "Hello there."
+    assert [i.id for i in again.output] == [message.id]
+    (given,) = client.responses.input_items.list(response.id).data
+    assert given.type == "message" and given.role == "user"  # type: ignore[union-attr]
+
+
+def test_previous_response_id_chains_the_context(
+    client: openai.OpenAI, scripted_llm: ScriptedLLM
+) -> None:
+    word = marker()
+    first = client.responses.create(
+        model="scripted-model", input=f"{word} one [[reply:First answer.]]", instructions="A"
+    )
+    second = client.responses.create(
+        model="scripted-model",
+        previous_response_id=first.id,
+        input=[{"role": "user", "content": f"{word} two [[reply:Second answer.]]"}],
+        instructions="B",
+    )
+    third = client.responses.create(
+        model="scripted-model", previous_response_id=second.id, input=f"{word} three"
+    )
+    assert third.status == "completed"
+    assert third.previous_response_id == second.id
+    sent = _sent(scripted_llm, f"{word} three")
+    # Instructions are not carried over; every earlier turn is.
+    assert [(m["role"], m["content"]) for m in sent] == [
+        ("user", f"{word} one [[reply:First answer.]]"),
+        ("assistant", "First answer."),
+        ("user", f"{word} two [[reply:Second answer.]]"),
+        ("assistant", "Second answer."),
+        ("user", f"{word} three"),
+    ]
+    # A fork from the first response sees only what came before it.
+    fork = client.responses.create(
+        model="scripted-model", previous_response_id=first.id, input=f"{word} fork"
+    )
+    assert fork.status == "completed"
+    assert [m["content"] for m in _sent(scripted_llm, f"{word} fork")] == [
+        f"{word} one [[reply:First answer.]]",
+        "First answer.",
+        f"{word} fork",
+    ]
+
+
+def test_function_calling_round_trip(client: openai.OpenAI, scripted_llm: ScriptedLLM) -> None:
+    word = marker()
+    first = client.responses.create(
+        model="scripted-model",
+        input=f'{word} [[call:get_weather {{"city": "Oslo"}}]]',
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert first.status == "completed"
+    (call,) = first.output
+    assert call.type == "function_call"
+    assert call.name == "get_weather"
+    assert json.loads(call.arguments) == {"city": "Oslo"}
+    assert call.status == "completed"
+    assert first.tools[0].type == "function" and first.tools[0].name == "get_weather"
+    # Answering nothing is refused, as is an answer to a call that was never made.
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(
+            model="scripted-model", previous_response_id=first.id, input="no answer"
+        )
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(
+            model="scripted-model",
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": "call_nope", "output": "x"}],
+        )
+    second = client.responses.create(
+        model="scripted-model",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "-3C, snow"}],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert second.status == "completed", second.error
+    assert second.output[-1].type == "message"
+    sent = _sent(scripted_llm, "-3C, snow")
+    assert sent[-2]["role"] == "assistant"
+    assert sent[-2]["tool_calls"][0]["id"] == call.call_id
+    assert sent[-1] == {"role": "tool", "tool_call_id": call.call_id, "content": "-3C, snow"}
+
+
+def test_stateless_history_as_input(client: openai.OpenAI, scripted_llm: ScriptedLLM) -> None:
+    """What the Agents SDK sends without server-side state: the whole history as items, with
+    the ids and statuses the earlier response gave them."""
+    word = marker()
+    first = client.responses.create(
+        model="scripted-model",
+        input=f'{word} [[call:get_weather {{"city": "Rome"}}]]',
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    history: list[Any] = [
+        {"role": "user", "content": f'{word} [[call:get_weather {{"city": "Rome"}}]]'},
+        *[item.model_dump(exclude_none=True) for item in first.output],
+        {"type": "function_call_output", "call_id": first.output[0].call_id, "output": "25C"},  # type: ignore[union-attr]
+    ]
+    second = client.responses.create(
+        model="scripted-model",
+        input=history,
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert second.status == "completed", second.error
+    sent = _sent(scripted_llm, "25C")
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+
+
+def test_background_poll_and_cancel(client: openai.OpenAI) -> None:
+    quick = client.responses.create(
+        model="scripted-model", input="[[reply:Done.]]", background=True
+    )
+    assert quick.background is True
+    assert quick.status in ("queued", "in_progress", "completed")
+    assert _wait(client, quick.id).output_text == "Done."
+    # Cancelling one that has ended changes nothing.
+    assert client.responses.cancel(quick.id).status == "completed"
+    slow = client.responses.create(
+        model="scripted-model", input="[[slow:200]] [[tokens:100]]", background=True
+    )
+    cancelled = client.responses.cancel(slow.id)
+    assert cancelled.status in ("cancelled", "in_progress")
+    assert _wait(client, slow.id).status == "cancelled"
+    plain = client.responses.create(model="scripted-model", input="[[reply:x]]")
+    with pytest.raises(openai.BadRequestError):
+        client.responses.cancel(plain.id)
+
+
+def test_responses_in_a_conversation(client: openai.OpenAI, scripted_llm: ScriptedLLM) -> None:
+    word = marker()
+    conversation = client.conversations.create(
+        items=[{"role": "developer", "content": "Answer in French."}]
+    )
+    first = client.responses.create(
+        model="scripted-model",
+        conversation=conversation.id,
+        input=f"{word} hello [[reply:Bonjour.]]",
+    )
+    assert first.conversation is not None and first.conversation.id == conversation.id
+    client.responses.create(
+        model="scripted-model", conversation={"id": conversation.id}, input=f"{word} again"
+    )
+    sent = _sent(scripted_llm, f"{word} again")
+    assert [(m["role"], m["content"]) for m in sent] == [
+        ("system", "Answer in French."),
+        ("user", f"{word} hello [[reply:Bonjour.]]"),
+        ("assistant", "Bonjour."),
+        ("user", f"{word} again"),
+    ]
+    items = client.conversations.items.list(conversation.id, order="asc").data
+    assert [getattr(i, "role", None) for i in items] == [
+        "developer",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
+    assert items[2].id == first.output[0].id
+
+
+def test_an_assistants_thread_continued_through_responses(
+    client: openai.OpenAI, scripted_llm: ScriptedLLM
+) -> None:
+    """An Assistants user's thread, moved to Responses without losing a message: the
+    response reads the thread, and its answer is a message of the thread."""
+    word = marker()
+    assistant = client.beta.assistants.create(model="scripted-model", instructions="Be kind.")
+    thread = client.beta.threads.create(
+        messages=[{"role": "user", "content": f"{word} old question [[reply:Old answer.]]"}]
+    )
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=POLL_MS
+    )
+    assert run.status == "completed"
+    response = client.responses.create(
+        model="scripted-model",
+        conversation=thread.id,
+        prompt={"id": assistant.id},
+        input=f"{word} new question [[reply:New answer.]]",
+    )
+    assert response.output_text == "New answer."
+    assert response.instructions == "Be kind."
+    sent = _sent(scripted_llm, f"{word} new question")
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert sent[0]["content"] == "Be kind."
+    texts = [
+        (m.role, m.content[0].text.value)  # type: ignore[union-attr]
+        for m in client.beta.threads.messages.list(thread.id, order="asc").data
+    ]
+    assert texts == [
+        ("user", f"{word} old question [[reply:Old answer.]]"),
+        ("assistant", "Old answer."),
+        ("user", f"{word} new question [[reply:New answer.]]"),
+        ("assistant", "New answer."),
+    ]
+
+
+def test_a_stored_assistant_as_the_prompt(client: openai.OpenAI, scripted_llm: ScriptedLLM) -> None:
+    word = marker()
+    assistant = client.beta.assistants.create(
+        model="scripted-model",
+        instructions="You help {{customer}}.",
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+    )
+    response = client.responses.create(
+        prompt={"id": assistant.id, "variables": {"customer": "Ada"}},
+        input=f"{word} hi",
+    )
+    assert response.model == "scripted-model"
+    sent = requests_with(scripted_llm, word)[-1]
+    assert sent["messages"][0] == {"role": "system", "content": "You help Ada."}
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
+
+
+def test_store_false_keeps_nothing(client: openai.OpenAI) -> None:
+    response = client.responses.create(model="scripted-model", input="[[reply:Gone.]]", store=False)
+    assert response.output_text == "Gone."
+    assert response.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(
+            model="scripted-model", previous_response_id=response.id, input="more"
+        )
+    assert refused.value.code == "previous_response_not_found"
+
+
+def test_delete(client: openai.OpenAI) -> None:
+    response = client.responses.create(model="scripted-model", input="[[reply:x]]")
+    client.responses.delete(response.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.delete(response.id)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": "x"}, "model"),
+        ({"model": "m", "input": "x", "stream": True}, "stream"),
+        (
+            {"model": "m", "input": "x", "tools": [{"type": "computer_use_preview"}]},
+            "tools[0].type",
+        ),
+        (
+            {"model": "m", "input": "x", "tools": [{"type": "function", "name": "a b"}]},
+            "tools[0].name",
+        ),
+        (
+            {"model": "m", "input": "x", "tool_choice": {"type": "function", "name": "nope"}},
+            "tool_choice",
+        ),
+        ({"model": "m", "input": "x", "background": True, "store": False}, "store"),
+        (
+            {
+                "model": "m",
+                "input": "x",
+                "previous_response_id": "resp_x",
+                "conversation": "conv_x",
+            },
+            "previous_response_id",
+        ),
+        ({"model": "m", "input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
+        ({"model": "m", "input": "x", "temperature": 3}, "temperature"),
+        ({"model": "m", "input": "x", "colour": "red"}, "colour"),
+    ],
+)
+def test_refused_requests(http: httpx.Client, body: dict[str, Any], param: str) -> None:
+    answer = http.post("/v1/responses", json=body)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+
+
+def test_web_search_is_accepted_and_not_offered(
+    client: openai.OpenAI, scripted_llm: ScriptedLLM
+) -> None:
+    """Codex CLI sends a web_search tool on every request and works without it."""
+    word = marker()
+    response = client.responses.create(
+        model="scripted-model",
+        input=f"{word} hi",
+        tools=[{"type": "web_search"}, WEATHER],  # type: ignore[list-item]
+    )
+    assert [t.type for t in response.tools] == ["web_search", "function"]
+    sent = requests_with(scripted_llm, word)[-1]
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
