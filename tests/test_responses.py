@@ -185,14 +185,18 @@ def test_background_poll_and_cancel(client: openai.OpenAI) -> None:
     assert quick.background is True
     assert quick.status in ("queued", "in_progress", "completed")
     assert _wait(client, quick.id).output_text == "Done."
-    # Cancelling one that has ended changes nothing.
-    assert client.responses.cancel(quick.id).status == "completed"
+    # One that has ended cannot be cancelled (as OpenAI answers).
+    with pytest.raises(openai.BadRequestError) as ended:
+        client.responses.cancel(quick.id)
+    assert "Cannot cancel a completed response" in ended.value.message
     slow = client.responses.create(
         model="scripted-model", input="[[slow:200]] [[tokens:100]]", background=True
     )
     cancelled = client.responses.cancel(slow.id)
     assert cancelled.status in ("cancelled", "in_progress")
     assert _wait(client, slow.id).status == "cancelled"
+    # Asked again, it is still cancelled.
+    assert client.responses.cancel(slow.id).status == "cancelled"
     plain = client.responses.create(model="scripted-model", input="[[reply:x]]")
     with pytest.raises(openai.BadRequestError):
         client.responses.cancel(plain.id)
@@ -359,3 +363,84 @@ def test_web_search_is_accepted_and_not_offered(
     assert [t.type for t in response.tools] == ["web_search", "function"]
     sent = requests_with(scripted_llm, word)[-1]
     assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
+
+
+def test_calls_sent_back_with_their_response_are_read_once(
+    client: openai.OpenAI, scripted_llm: ScriptedLLM
+) -> None:
+    """A client that sends the previous response's output items back along with
+    previous_response_id: each call reaches the model once."""
+    word = marker()
+    first = client.responses.create(
+        model="scripted-model",
+        input=f'{word} [[call:get_weather {{"city": "Lima"}}]]',
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    (call,) = first.output
+    second = client.responses.create(
+        model="scripted-model",
+        previous_response_id=first.id,
+        input=[
+            call.model_dump(exclude_none=True),  # type: ignore[list-item]
+            {"type": "function_call_output", "call_id": call.call_id, "output": "19C"},  # type: ignore[union-attr]
+        ],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert second.status == "completed", second.error
+    sent = _sent(scripted_llm, "19C")
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert len(sent[1]["tool_calls"]) == 1
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(
+            model="scripted-model",
+            previous_response_id=first.id,
+            input=[
+                {"type": "function_call_output", "call_id": call.call_id, "output": "a"},  # type: ignore[union-attr]
+                {"type": "function_call_output", "call_id": call.call_id, "output": "b"},  # type: ignore[union-attr]
+            ],
+        )
+
+
+def test_a_call_the_model_got_wrong_is_not_the_clients(
+    client: openai.OpenAI, scripted_llm: ScriptedLLM
+) -> None:
+    """One turn calls an unknown function and a real one: the response shows the client the
+    real call only; the model reads what was wrong with the other next time."""
+    word = marker()
+    first = client.responses.create(
+        model="scripted-model",
+        input=f'{word} [[call:no_such_tool {{}}]] [[call:get_weather {{"city": "Kyiv"}}]]',
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert first.status == "completed", first.error
+    assert [(i.type, i.name) for i in first.output] == [("function_call", "get_weather")]  # type: ignore[union-attr]
+    second = client.responses.create(
+        model="scripted-model",
+        previous_response_id=first.id,
+        input=[
+            {"type": "function_call_output", "call_id": first.output[0].call_id, "output": "2C"}
+        ],  # type: ignore[union-attr]
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert second.status == "completed", second.error
+    sent = _sent(scripted_llm, "2C")
+    (turn,) = [m for m in sent if m["role"] == "assistant"]
+    assert sorted(c["function"]["name"] for c in turn["tool_calls"]) == [
+        "get_weather",
+        "no_such_tool",
+    ]
+    tools_said = {m["tool_call_id"]: m["content"] for m in sent if m["role"] == "tool"}
+    assert tools_said[first.output[0].call_id] == "2C"  # type: ignore[union-attr]
+    assert len(tools_said) == 2
+
+
+def test_chaining_to_a_response_still_running_is_refused(client: openai.OpenAI) -> None:
+    running = client.responses.create(
+        model="scripted-model", input="[[slow:100]] [[tokens:50]]", background=True
+    )
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(
+            model="scripted-model", previous_response_id=running.id, input="next"
+        )
+    assert refused.value.param == "previous_response_id"  # type: ignore[attr-defined]
+    client.responses.cancel(running.id)

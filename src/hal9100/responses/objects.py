@@ -27,6 +27,10 @@ _STATUS = {
 _ERROR_CODES = {"server_error", "rate_limit_exceeded", "invalid_prompt", "vector_store_timeout"}
 
 
+def status_of(run: Run) -> str:
+    return _STATUS.get(RunStatus(run.status), "in_progress")
+
+
 def _error(run: Run) -> dict[str, Any] | None:
     if run.status == RunStatus.EXPIRED:
         return {
@@ -67,15 +71,22 @@ def _text(settings: dict[str, Any]) -> dict[str, Any]:
 
 async def output_items(session: AsyncSession, run: Run, include: set[str]) -> list[dict[str, Any]]:
     """What the response produced, in order: its messages and its tool calls."""
-    entries = await thread_entries(session, run.thread_id, include)
+    entries = [
+        e
+        for e in await thread_entries(session, run.thread_id, include)
+        if isinstance(e.source, Message | RunStep) and e.source.run_id == run.id
+    ]
+    # Calls the server answered itself (a call the model got wrong, answered with what was
+    # wrong) are not the client's to make: only the calls waiting for it are shown.
+    answered = {
+        e.item.get("call_id") for e in entries if e.item.get("type") == "function_call_output"
+    }
     return [
         e.item
         for e in entries
-        if isinstance(e.source, Message | RunStep)
-        and e.source.run_id == run.id
-        and not (isinstance(e.source, Message) and e.source.role == "user")
-        # A function call's output is the client's next input, not this response's.
+        if not (isinstance(e.source, Message) and e.source.role == "user")
         and e.item.get("type") != "function_call_output"
+        and not (e.item.get("type") == "function_call" and e.item.get("call_id") in answered)
     ]
 
 
@@ -101,7 +112,7 @@ async def to_object(
         "id": run.id,
         "object": "response",
         "created_at": run.created_at,
-        "status": _STATUS.get(RunStatus(run.status), "in_progress"),
+        "status": status_of(run),
         "background": bool(settings.get("background")),
         "completed_at": run.completed_at if run.status == RunStatus.COMPLETED else None,
         "error": _error(run),

@@ -96,6 +96,9 @@ def chat_messages(entries: list[Entry], images: dict[str, str]) -> list[ChatMess
         if item.get("type") == "function_call_output":
             answered[str(item.get("call_id"))] = _output_text(item.get("output"))
     seen_steps: set[int] = set()
+    # Each call once, whichever way it came (a client may send back a response's output
+    # items with the previous_response_id that holds them already).
+    emitted: set[str] = set()
     pending: list[ToolCall] = []
     outputs: list[tuple[str, str]] = []
 
@@ -118,18 +121,22 @@ def chat_messages(entries: list[Entry], images: dict[str, str]) -> list[ChatMess
                 if replayed is None:
                     continue
                 tool_call, output = replayed
+                if tool_call.id in emitted:
+                    continue
                 function = call.get("function") or {}
                 if call.get("type") == "function" and function.get("output") is None:
                     # The client's call, answered (or not) by a function_call_output item.
                     if tool_call.id not in answered:
                         continue
                     output = answered[tool_call.id]
+                emitted.add(tool_call.id)
                 pending.append(tool_call)
                 outputs.append((tool_call.id, output))
             continue
         if kind == "function_call":
             call_id = str(item.get("call_id"))
-            if call_id in answered:
+            if call_id in answered and call_id not in emitted:
+                emitted.add(call_id)
                 pending.append(
                     ToolCall(call_id, str(item.get("name")), _arguments(str(item.get("arguments"))))
                 )

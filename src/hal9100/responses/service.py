@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.assistants.repository import AssistantRepository
@@ -108,17 +108,22 @@ def _assistant_tools(assistant: Assistant) -> list[Any]:
 async def _check_outputs(session: AsyncSession, run: Run, rows: list[Message | Item]) -> None:
     """Every function call output answers a call of the context, and every call the model
     made in the previous response is answered (as OpenAI requires)."""
-    given = {
+    given_list = [
         row.data.get("call_id")
         for row in rows
         if isinstance(row, Item) and row.type == "function_call_output"
-    }
+    ]
+    given = set(given_list)
+    if len(given) != len(given_list):
+        raise bad_request("Duplicate function call output for one call_id in 'input'.", "input")
     entries = await context(session, run)
     calls = {str(e.item.get("call_id")) for e in entries if e.item.get("type") == "function_call"}
     answered = {
         str(e.item.get("call_id")) for e in entries if e.item.get("type") == "function_call_output"
     }
     for call_id in given:
+        if call_id in answered - given:
+            raise bad_request(f"The function call {call_id} has an output already.", "input")
         if call_id not in calls:
             raise bad_request(
                 f"No tool call found for function call output with call_id {call_id}.", "input"
@@ -190,13 +195,19 @@ async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) 
         session.add(thread)
     if body.previous_response_id is not None:
         try:
-            await _stored(session, body.previous_response_id)
+            previous = await _stored(session, body.previous_response_id)
         except APIError as exc:
             raise bad_request(
                 f"Previous response with id '{body.previous_response_id}' not found.",
                 "previous_response_id",
                 "previous_response_not_found",
             ) from exc
+        if previous.status not in TERMINAL:
+            raise bad_request(
+                f"Previous response {previous.id} is still {objects.status_of(previous)}: "
+                "wait for it to end.",
+                "previous_response_id",
+            )
     rows = items_.build_entries(thread.id, _input(body), "input")
     created = now()
     settings: dict[str, Any] = {
@@ -206,7 +217,7 @@ async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) 
         "background": bool(body.background),
         "instructions": body.instructions
         if body.instructions is not None
-        else (assistant.instructions if assistant is not None else None),
+        else (_instructions(assistant, body) if assistant is not None else None),
         "tools": echoed_tools,
         "tool_choice": echoed_choice,
         "text": text,
@@ -253,25 +264,35 @@ async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) 
         cancel_requested=False,
         response=settings,
     )
-    await session.flush()
-    session.add_all(rows)
-    await session.flush()
-    await _check_outputs(session, run, rows)
-    if conversation_id is not None:
-        await runs.ensure_idle(session, conversation_id)
-    session.add(run)
     try:
+        await session.flush()
+        session.add_all(rows)
+        await session.flush()
+        await _check_outputs(session, run, rows)
+        if conversation_id is not None:
+            try:
+                await runs.ensure_idle(session, conversation_id)
+            except APIError as exc:
+                raise _busy(conversation_id) from exc
+        session.add(run)
         await session.commit()
     except IntegrityError as exc:
-        # Another response (or run) of the conversation started meanwhile.
+        # The conversation went (deleted meanwhile), or another response (or run) of it
+        # started meanwhile.
         await session.rollback()
-        raise bad_request(
-            f"Another response is in progress for conversation {conversation_id}.",
-            "conversation",
-        ) from exc
+        gone = await session.scalar(select(Thread.id).where(Thread.id == conversation_id))
+        if conversation_id is not None and gone is None:
+            raise not_found("conversation", conversation_id, "conversation") from exc
+        raise _busy(conversation_id) from exc
     position = await runtime.bus.position(run.id)
     await runtime.queue.enqueue(EXECUTE_RUN, run.id, worker=None)
     return run, position
+
+
+def _busy(conversation_id: str | None) -> APIError:
+    return bad_request(
+        f"Another response is in progress for conversation {conversation_id}.", "conversation"
+    )
 
 
 async def wait_done(runtime: Runtime, session: AsyncSession, run: Run, position: str) -> Run:
@@ -295,7 +316,10 @@ async def wait_done(runtime: Runtime, session: AsyncSession, run: Run, position:
             if status is None:
                 raise not_found("response", run.id)
             if status in TERMINAL:
-                await session.refresh(run)
+                try:
+                    await session.refresh(run)
+                except InvalidRequestError as exc:  # deleted in between
+                    raise not_found("response", run.id) from exc
                 return run
             if watcher.done():
                 # The bus gave up (Redis gone for long): look at the row now and then.
@@ -343,10 +367,13 @@ async def cancel(session: AsyncSession, runtime: Runtime, response_id: str) -> d
     run = await _stored(session, response_id)
     if not (run.response or {}).get("background"):
         raise bad_request("Only background responses can be cancelled.")
+    if run.status in TERMINAL and run.status != RunStatus.CANCELLED:
+        shown = objects.status_of(run)
+        raise bad_request(f"Cannot cancel a {shown} response.")
     if run.status not in TERMINAL:
         await runs.cancel(session, runtime, run.thread_id, run.id)
-    session.expire_all()
-    return await objects.to_object(session, await _stored(session, response_id))
+    await session.refresh(run)
+    return await objects.to_object(session, run)
 
 
 async def input_items(

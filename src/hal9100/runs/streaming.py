@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
@@ -89,6 +89,62 @@ async def _after_quiet(
         return run_event(run), False
 
 
+async def follow(
+    runtime: Runtime, run_id: str, position: str
+) -> AsyncGenerator[list[RunEvent], None]:
+    """The run's events from `position`, in batches of those already waiting, up to and
+    with the one that closes the segment (or the event that ends it for a run gone quiet
+    for good)."""
+    check_seconds = runtime.settings.stream_check_seconds
+    queue: asyncio.Queue[RunEvent | None] = asyncio.Queue()
+    pump = asyncio.create_task(_pump(runtime, run_id, position, queue), name="sse-pump")
+    suspect = False
+    try:
+        item: RunEvent | None
+        while True:
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    async with asyncio.timeout(check_seconds):
+                        item = await queue.get()
+                except TimeoutError:
+                    final, suspect = await _after_quiet(runtime, run_id, suspect)
+                    if final is not None:
+                        yield [final]
+                        break
+                    continue
+            if item is None:  # the segment ended (a closing event, or an error)
+                break
+            suspect = False
+            # Events already waiting go out with this one, in one write.
+            ready = [item]
+            ended = False
+            while len(ready) < MAX_EVENTS_PER_WRITE:
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if item is None:
+                    ended = True
+                    break
+                ready.append(item)
+            yield ready
+            if ended:
+                break
+    finally:
+        pump.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
+
+
+def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
+    return _EventStreamResponse(
+        frames,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 def event_stream(
     runtime: Runtime,
     run_id: str,
@@ -97,55 +153,17 @@ def event_stream(
 ) -> StreamingResponse:
     """The run's events from `position` as SSE; `reshape` rewrites each event first (the
     v1 shapes, for a client of `assistants=v1`)."""
-    check_seconds = runtime.settings.stream_check_seconds
 
     def sse(item: RunEvent) -> bytes:
         return (reshape(item) if reshape is not None else item).sse()
 
     async def frames() -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[RunEvent | None] = asyncio.Queue()
-        pump = asyncio.create_task(_pump(runtime, run_id, position, queue), name="sse-pump")
-        suspect = False
+        events = follow(runtime, run_id, position)
         try:
-            item: RunEvent | None
-            while True:
-                try:
-                    item = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    try:
-                        async with asyncio.timeout(check_seconds):
-                            item = await queue.get()
-                    except TimeoutError:
-                        final, suspect = await _after_quiet(runtime, run_id, suspect)
-                        if final is not None:
-                            yield sse(final)
-                            break
-                        continue
-                if item is None:  # the segment ended (a closing event, or an error)
-                    break
-                suspect = False
-                # Events already waiting go out with this one, in one write.
-                ready = [sse(item)]
-                ended = False
-                while len(ready) < MAX_EVENTS_PER_WRITE:
-                    try:
-                        item = queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        break
-                    if item is None:
-                        ended = True
-                        break
-                    ready.append(sse(item))
-                yield b"".join(ready)
-                if ended:
-                    break
+            async for batch in events:
+                yield b"".join(sse(item) for item in batch)
             yield DONE
         finally:
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
+            await events.aclose()
 
-    return _EventStreamResponse(
-        frames(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse_response(frames())
