@@ -314,7 +314,6 @@ def test_delete(client: openai.OpenAI) -> None:
     ("body", "param"),
     [
         ({"input": "x"}, "model"),
-        ({"model": "m", "input": "x", "stream": True}, "stream"),
         (
             {"model": "m", "input": "x", "tools": [{"type": "computer_use_preview"}]},
             "tools[0].type",

@@ -141,9 +141,13 @@ async def filenames_of(session: AsyncSession, messages: list[Message]) -> dict[s
     wanted: set[str] = set()
     for message in messages:
         wanted |= cited_file_ids(message)
-    if not wanted:
+    return await filenames_of_files(session, wanted)
+
+
+async def filenames_of_files(session: AsyncSession, file_ids: set[str]) -> dict[str, str]:
+    if not file_ids:
         return {}
-    rows = await session.execute(select(File.id, File.filename).where(File.id.in_(wanted)))
+    rows = await session.execute(select(File.id, File.filename).where(File.id.in_(file_ids)))
     return {file_id: name for file_id, name in rows.tuples()}
 
 

@@ -60,6 +60,9 @@ def run_gone_event(run_id: str) -> RunEvent:
 class EventBus(Protocol):
     async def publish(self, run_id: str, event: RunEvent) -> None: ...
 
+    # The position before a run's first event: a subscriber from there reads its whole log.
+    START: str
+
     async def position(self, run_id: str) -> str:
         """An opaque position: `subscribe(after=position)` yields what is published later."""
         ...

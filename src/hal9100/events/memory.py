@@ -33,6 +33,8 @@ class _RunLog:
 
 
 class MemoryEventBus:
+    START = "0"
+
     def __init__(self, retain_seconds: float = RETAIN_SECONDS) -> None:
         self._logs: dict[str, _RunLog] = {}
         self._retain = retain_seconds

@@ -76,6 +76,8 @@ BLOCK_MS = 5000
 
 
 class RedisEventBus:
+    START = "0-0"
+
     def __init__(self, url: str, prefix: str = "hal9100") -> None:
         self.redis = redis.Redis.from_url(url)
         self.prefix = prefix

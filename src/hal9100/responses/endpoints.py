@@ -7,8 +7,9 @@ from fastapi import APIRouter, Query
 from hal9100.conversations.endpoints import IncludeQuery, IncludeQueryPlain, _include
 from hal9100.conversations.schemas import ItemList
 from hal9100.core.deps import RuntimeDep, SessionDep
+from hal9100.core.errors import bad_request
 from hal9100.core.pagination import ListParams
-from hal9100.responses import objects, service
+from hal9100.responses import objects, service, streaming
 from hal9100.responses.schemas import ResponseCreate
 
 router = APIRouter(prefix="/responses", tags=["responses"])
@@ -17,6 +18,8 @@ router = APIRouter(prefix="/responses", tags=["responses"])
 @router.post("")
 async def create_response(body: ResponseCreate, session: SessionDep, runtime: RuntimeDep) -> Any:
     run, position = await service.create(session, runtime, body)
+    if body.stream:
+        return streaming.stream(runtime, run.id, await streaming.opening(session, run), None)
     if body.background:
         return await objects.to_object(session, run)
     done = await service.wait_done(runtime, session, run, position)
@@ -30,9 +33,24 @@ async def create_response(body: ResponseCreate, session: SessionDep, runtime: Ru
 async def retrieve_response(
     response_id: str,
     session: SessionDep,
+    runtime: RuntimeDep,
     include: IncludeQuery = None,
     include_plain: IncludeQueryPlain = None,
+    stream: Annotated[bool, Query()] = False,
+    starting_after: Annotated[int | None, Query(ge=0)] = None,
 ) -> Any:
+    if starting_after is not None and not stream:
+        raise bad_request(
+            "'starting_after' is for streams: set 'stream' to true.", "starting_after"
+        )
+    if stream:
+        # The response's events, replayed from the start or after `starting_after`, then
+        # followed live while it runs.
+        first = await streaming.opening(session, await service.stored(session, response_id))
+        # The stream reads in sessions of its own: this one lets go of its connection (the
+        # embedded database has one).
+        await session.rollback()
+        return streaming.stream(runtime, response_id, first, starting_after)
     return await service.retrieve(session, response_id, _include(include, include_plain))
 
 

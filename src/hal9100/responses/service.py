@@ -37,7 +37,7 @@ from hal9100.threads import service as threads
 _VARIABLE = re.compile(r"\{\{\s*([a-zA-Z0-9_]+)\s*\}\}")
 
 
-async def _stored(session: AsyncSession, response_id: str, param: str | None = None) -> Run:
+async def stored(session: AsyncSession, response_id: str, param: str | None = None) -> Run:
     run = await session.scalar(select(Run).where(Run.id == response_id))
     if run is None or run.response is None or not run.response.get("store", True):
         raise not_found("response", response_id, param)
@@ -146,12 +146,6 @@ async def _check_outputs(session: AsyncSession, run: Run, rows: list[Message | I
 
 async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) -> tuple[Run, str]:
     """Write the response and queue it; returns it and the bus position before its events."""
-    if body.stream:
-        raise bad_request(
-            "Streaming responses is not available on this server yet: leave 'stream' unset "
-            "and read the response when it is done, or use 'background' and poll it.",
-            "stream",
-        )
     store = True if body.store is None else body.store
     if body.background and not store:
         raise bad_request("Background responses must be stored: set 'store' to true.", "store")
@@ -195,7 +189,7 @@ async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) 
         session.add(thread)
     if body.previous_response_id is not None:
         try:
-            previous = await _stored(session, body.previous_response_id)
+            previous = await stored(session, body.previous_response_id)
         except APIError as exc:
             raise bad_request(
                 f"Previous response with id '{body.previous_response_id}' not found.",
@@ -348,23 +342,23 @@ async def forget(session: AsyncSession, run: Run) -> None:
 
 
 async def retrieve(session: AsyncSession, response_id: str, include: set[str]) -> dict[str, Any]:
-    return await objects.to_object(session, await _stored(session, response_id), include)
+    return await objects.to_object(session, await stored(session, response_id), include)
 
 
 async def delete(session: AsyncSession, runtime: Runtime, response_id: str) -> dict[str, Any]:
-    run = await _stored(session, response_id)
+    run = await stored(session, response_id)
     if (run.response or {}).get("conversation"):
         # The conversation keeps its items; the response object goes.
         if run.status not in TERMINAL:
             await runs.cancel(session, runtime, run.thread_id, run.id)
-        await forget(session, await _stored(session, response_id))
+        await forget(session, await stored(session, response_id))
     else:
         await threads.delete(session, runtime, run.thread_id)
     return {"id": response_id, "object": "response", "deleted": True}
 
 
 async def cancel(session: AsyncSession, runtime: Runtime, response_id: str) -> dict[str, Any]:
-    run = await _stored(session, response_id)
+    run = await stored(session, response_id)
     if not (run.response or {}).get("background"):
         raise bad_request("Only background responses can be cancelled.")
     if run.status in TERMINAL and run.status != RunStatus.CANCELLED:
@@ -379,7 +373,7 @@ async def cancel(session: AsyncSession, runtime: Runtime, response_id: str) -> d
 async def input_items(
     session: AsyncSession, response_id: str, params: ListParams, include: set[str]
 ) -> ItemList:
-    run = await _stored(session, response_id)
+    run = await stored(session, response_id)
     wanted = list((run.response or {}).get("input_ids") or [])
     found = {
         e.item["id"]: e.item

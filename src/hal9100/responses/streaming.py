@@ -1,0 +1,95 @@
+"""A response's events as server-sent events: the run's event log read from its start and
+translated (`responses.events`), so any process streams any response, live or ended, and a
+client that lost its connection resumes after the last `sequence_number` it saw.
+
+A finished response whose log the bus no longer holds (embedded mode keeps a log a minute
+after its last reader, Redis an hour) still streams: the run's end, read from the database,
+closes it with the whole response."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hal9100.conversations.items import filenames_of_files
+from hal9100.db.models import Run
+from hal9100.responses import objects
+from hal9100.responses.events import Translator
+from hal9100.responses.service import forget
+from hal9100.runs.streaming import follow, sse_response
+from hal9100.runtime import Runtime
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+
+
+async def opening(session: AsyncSession, run: Run) -> dict[str, Any]:
+    """The response as its stream opens: as created, before any output."""
+    shown = await objects.to_object(session, run)
+    background = shown["background"]
+    shown.update(
+        status="queued" if background else "in_progress",
+        output=[],
+        completed_at=None,
+        error=None,
+        incomplete_details=None,
+    )
+    shown.pop("usage", None)
+    return shown
+
+
+def stream(
+    runtime: Runtime, response_id: str, first: dict[str, Any], after: int | None
+) -> StreamingResponse:
+    async def final() -> dict[str, Any]:
+        async with runtime.sessions() as session:
+            ended = await session.scalar(select(Run).where(Run.id == response_id))
+            if ended is None:
+                return {
+                    **first,
+                    "status": "failed",
+                    "error": {"code": "server_error", "message": "The response was deleted."},
+                }
+            return await objects.to_object(session, ended)
+
+    async def filenames(file_ids: list[str]) -> dict[str, str]:
+        async with runtime.sessions() as session:
+            return await filenames_of_files(session, set(file_ids))
+
+    translator = Translator(first, final, filenames)
+
+    def frames_of(events: list[dict[str, Any]]) -> bytes:
+        return b"".join(_sse(e) for e in events if after is None or e["sequence_number"] > after)
+
+    async def frames() -> AsyncIterator[bytes]:
+        head = frames_of(translator.start())
+        if head:
+            yield head
+        events = follow(runtime, response_id, runtime.bus.START)
+        try:
+            async for batch in events:
+                out: list[dict[str, Any]] = []
+                for item in batch:
+                    out.extend(await translator.feed(item))
+                chunk = frames_of(out)
+                if chunk:
+                    yield chunk
+                if translator.ended:
+                    break
+        finally:
+            await events.aclose()
+        if translator.ended and not first["store"]:
+            # Not to be stored: gone once streamed to its end.
+            async with runtime.sessions() as session:
+                ended = await session.scalar(select(Run).where(Run.id == response_id))
+                if ended is not None:
+                    await forget(session, ended)
+
+    return sse_response(frames())

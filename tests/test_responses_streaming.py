@@ -1,0 +1,180 @@
+"""Streamed responses through the official SDK: OpenAI's `response.*` events in order, each
+with its `sequence_number` and checked against the spec's schema for its type; the SDK's
+stream helper; a function call streamed; and a stream cut off and resumed with
+`starting_after` (in production mode, on another API process) losing nothing."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from openapi_contract import load_spec, spec_available, validate_schema
+from runs_support import marker
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+@cache
+def _schema_of_type() -> dict[str, str]:
+    schemas = load_spec()["components"]["schemas"]
+    members = schemas["ResponseStreamEvent"].get("anyOf") or schemas["ResponseStreamEvent"]["oneOf"]
+    found = {}
+    for member in members:
+        name = member["$ref"].rsplit("/", 1)[-1]
+        kind = schemas[name].get("properties", {}).get("type", {}).get("enum", [None])[0]
+        if kind:
+            found[kind] = name
+    return found
+
+
+def check(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every event fits its schema, and the sequence numbers count up from the first."""
+    first = events[0]["sequence_number"]
+    assert [e["sequence_number"] for e in events] == list(range(first, first + len(events)))
+    if spec_available():
+        for event in events:
+            validate_schema(event, _schema_of_type()[event["type"]])
+    return events
+
+
+def read_events(answer: httpx.Response, stop_after: int | None = None) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    kind = None
+    for line in answer.iter_lines():
+        if line.startswith("event: "):
+            kind = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            data = json.loads(line.removeprefix("data: "))
+            assert data["type"] == kind
+            events.append(data)
+            if stop_after is not None and len(events) >= stop_after:
+                break
+    return events
+
+
+def test_a_streamed_response(client: openai.OpenAI) -> None:
+    word = marker()
+    stream = client.responses.create(
+        model="scripted-model", input=f"{word} [[reply:One two three.]]", stream=True
+    )
+    events = check([event.model_dump(mode="json", exclude_unset=True) for event in stream])
+    kinds = [e["type"] for e in events]
+    deltas = kinds.count("response.output_text.delta")
+    assert deltas >= 2
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * deltas,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert events[0]["sequence_number"] == 0
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == "One two three."
+    final = events[-1]["response"]
+    assert final["status"] == "completed"
+    assert final["output"][0]["content"][0]["text"] == text
+    stored = client.responses.retrieve(final["id"])
+    assert stored.output_text == text
+    assert events[0]["response"]["status"] == "in_progress"
+    assert events[0]["response"]["output"] == []
+
+
+def test_the_sdks_stream_helper(client: openai.OpenAI) -> None:
+    with client.responses.stream(
+        model="scripted-model", input="[[reply:Hi from the helper.]]"
+    ) as stream:
+        texts = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(texts) == "Hi from the helper."
+    assert final.output_text == "Hi from the helper."
+
+
+def test_a_function_call_streams(client: openai.OpenAI) -> None:
+    stream = client.responses.create(
+        model="scripted-model",
+        input='[[call:get_weather {"city": "Quito"}]]',
+        tools=[WEATHER],  # type: ignore[list-item]
+        stream=True,
+    )
+    events = check([event.model_dump(mode="json", exclude_unset=True) for event in stream])
+    kinds = [e["type"] for e in events]
+    assert kinds[0:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert kinds[-3:] == [
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    arguments = "".join(
+        e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"
+    )
+    assert json.loads(arguments) == {"city": "Quito"}
+    done = events[-2]["item"]
+    assert done["type"] == "function_call" and done["name"] == "get_weather"
+    assert events[-1]["response"]["output"] == [done]
+
+
+def test_a_stream_cut_off_is_resumed(http: httpx.Client, client: openai.OpenAI) -> None:
+    """The client reads some events, loses its connection, and asks (maybe another API
+    process) for the rest: it gets exactly the events it missed, while the response runs
+    and after it ended."""
+    body = {
+        "model": "scripted-model",
+        "input": "[[slow:30]] [[tokens:40]]",
+        "stream": True,
+        "background": True,
+    }
+    with http.stream("POST", "/v1/responses", json=body) as answer:
+        assert answer.status_code == 200
+        head = read_events(answer, stop_after=8)
+    response_id = head[0]["response"]["id"]
+    assert [e["type"] for e in head[:2]] == ["response.created", "response.queued"]
+    seen = head[-1]["sequence_number"]
+    with http.stream(
+        "GET", f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": seen}
+    ) as answer:
+        assert answer.status_code == 200
+        rest = read_events(answer)
+    events = check(head + rest)
+    assert events[-1]["type"] == "response.completed"
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == client.responses.retrieve(response_id).output_text
+    # After the end, the whole stream again, numbered alike.
+    with http.stream("GET", f"/v1/responses/{response_id}", params={"stream": "true"}) as answer:
+        again = read_events(answer)
+    assert [(e["type"], e["sequence_number"]) for e in again] == [
+        (e["type"], e["sequence_number"]) for e in events
+    ]
+
+
+def test_starting_after_without_stream_is_refused(
+    http: httpx.Client, client: openai.OpenAI
+) -> None:
+    response = client.responses.create(model="scripted-model", input="[[reply:x]]")
+    answer = http.get(f"/v1/responses/{response.id}", params={"starting_after": 3})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "starting_after"
+
+
+@pytest.mark.parametrize("store", [False])
+def test_a_streamed_response_that_is_not_stored(client: openai.OpenAI, store: bool) -> None:
+    stream = client.responses.create(
+        model="scripted-model", input="[[reply:Forget me.]]", stream=True, store=store
+    )
+    events = [event.model_dump(mode="json", exclude_unset=True) for event in stream]
+    assert events[-1]["type"] == "response.completed"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(events[0]["response"]["id"])
