@@ -142,3 +142,63 @@ def test_sigkilled_worker_loses_no_run(mode: str, deploy: DeployFactory) -> None
     with pytest.raises(openai.BadRequestError):
         # Terminal runs stay terminal.
         client.beta.threads.runs.cancel(next(iter(runs)), thread_id=runs[next(iter(runs))])
+
+
+def test_a_background_response_survives_its_worker(mode: str, deploy: DeployFactory) -> None:
+    """A worker SIGKILLed during background responses: each ends, with one answer, and a
+    stream of one of them (resumed on another API process) ends with it."""
+    if mode != "production":
+        pytest.skip("worker processes exist in production mode only")
+    deployment = deploy(
+        HAL9100_LEASE_SECONDS="2",
+        HAL9100_SWEEP_SECONDS="0.5",
+        HAL9100_WORKER_CONCURRENCY="50",
+    )
+    client = make_client(deployment.urls)
+    responses = [
+        client.responses.create(model="scripted-crash", input=PROMPT, background=True).id
+        for _ in range(8)
+    ]
+    tags = {worker: f":{worker.proc.pid}:" for worker in deployment.workers}
+    deadline = time.monotonic() + 20
+    held: list[str] = []
+    victim = deployment.workers[0]
+    while time.monotonic() < deadline:
+        leases = _leases(deployment.env["DATABASE_URL"])
+        for worker, tag in tags.items():
+            mine = [r for r in responses if (leases.get(r) or "").find(tag) >= 0]
+            if len(mine) > len(held):
+                victim, held = worker, mine
+        if held:
+            break
+        time.sleep(0.05)
+    assert held, "no worker took a response"
+    time.sleep(0.5)  # mid-answer
+    victim.kill()
+
+    final = {}
+    deadline = time.monotonic() + 60
+    while len(final) < len(responses) and time.monotonic() < deadline:
+        for response_id in responses:
+            if response_id not in final:
+                response = client.responses.retrieve(response_id)
+                if response.status not in ("queued", "in_progress"):
+                    final[response_id] = response
+        time.sleep(0.2)
+    assert len(final) == len(responses), deployment.log()[-5000:]
+    for response_id, response in final.items():
+        if response.status == "completed":
+            assert len(response.output) == 1, response.output
+            assert response.output_text == EXPECTED
+        else:
+            assert response.status == "failed" and response.error is not None
+    assert any(final[r].status == "completed" for r in held)
+    # The stream of a response the dead worker held: replayed on another API process.
+    with httpx.stream(
+        "GET",
+        f"{deployment.urls[1]}/v1/responses/{held[0]}",
+        params={"stream": "true"},
+        timeout=60,
+    ) as answer:
+        kinds = [line[7:] for line in answer.iter_lines() if line.startswith("event: ")]
+    assert kinds[-1] in ("response.completed", "response.failed"), kinds[-5:]

@@ -121,6 +121,8 @@ class Translator:
     # --- messages ------------------------------------------------------------------------
 
     def _open_message(self, message_id: str) -> list[dict[str, Any]]:
+        # A message left open (its worker died; the turn is redone) ends here, incomplete.
+        events = self._close_message(self.message.item_id, True) if self.message else []
         message = self.message = _Message(message_id, self.next_output)
         self.next_output += 1
         item = {
@@ -131,6 +133,7 @@ class Translator:
             "content": [],
         }
         return [
+            *events,
             self._emit("response.output_item.added", output_index=message.output_index, item=item),
             self._emit(
                 "response.content_part.added",
