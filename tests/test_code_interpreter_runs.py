@@ -304,3 +304,39 @@ def test_a_session_that_ended_is_reported_lost(
         assert "NameError" in told
     finally:
         client.close()
+
+
+def test_code_interpreter_through_responses(sdk: openai.OpenAI, scripted_llm: ScriptedLLM) -> None:
+    """A response with `code_interpreter` (`container: auto` with a file): the code runs in
+    the sandbox, its call and outputs are an output item, and a later response of the same
+    conversation finds the kernel's state."""
+    tag = marker()
+    given = sdk.files.create(file=("numbers.txt", b"3 4 5"), purpose="assistants")
+    conversation = sdk.conversations.create()
+    tool = {"type": "code_interpreter", "container": {"type": "auto", "file_ids": [given.id]}}
+    code = "x = sum(map(int, open('/mnt/data/numbers.txt').read().split()))\nprint(x)"
+    first = sdk.responses.create(
+        model="gpt-4o",
+        conversation=conversation.id,
+        input=f"{tag} {_call(code)} [[reply@1:The sum is 12.]]",
+        tools=[tool],  # type: ignore[list-item]
+        include=["code_interpreter_call.outputs"],
+    )
+    assert first.status == "completed", first.error
+    call, answer = first.output
+    assert call.type == "code_interpreter_call"
+    assert call.code == code
+    assert call.outputs is not None and call.outputs[0].type == "logs"
+    assert call.outputs[0].logs == "12\n"  # type: ignore[union-attr]
+    assert answer.type == "message"
+    system = requests_with(scripted_llm, tag)[0]["messages"][0]
+    assert "/mnt/data/numbers.txt" in system["content"]
+    second = sdk.responses.create(
+        model="gpt-4o",
+        conversation=conversation.id,
+        input=f"{tag} again {_call('print(x * 2)')}",
+        tools=[tool],  # type: ignore[list-item]
+        include=["code_interpreter_call.outputs"],
+    )
+    assert second.status == "completed", second.error
+    assert second.output[0].outputs[0].logs == "24\n"  # type: ignore[union-attr]

@@ -186,7 +186,7 @@ def test_a_background_response_survives_its_worker(mode: str, deploy: DeployFact
                     final[response_id] = response
         time.sleep(0.2)
     assert len(final) == len(responses), deployment.log()[-5000:]
-    for response_id, response in final.items():
+    for response in final.values():
         if response.status == "completed":
             assert len(response.output) == 1, response.output
             assert response.output_text == EXPECTED

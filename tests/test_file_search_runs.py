@@ -386,3 +386,56 @@ def test_the_run_reads_as_conversation_items(sdk: openai.OpenAI) -> None:
     assert result.file_id == ids["zorblax.txt"]
     assert result.filename == "zorblax.txt"
     assert result.text is not None and word in result.text
+
+
+def test_file_search_through_responses(sdk: openai.OpenAI, scripted_llm: ScriptedLLM) -> None:
+    """A response with `file_search` over its own stores (and a filter): the search is a
+    `file_search_call` item, the answer cites the file, streamed and stored alike."""
+    word = marker()
+    store, ids = _store(sdk, {"quimby.txt": f"The capital of Zorblax {word} is Quimby."})
+    other, _ = _store(sdk, {"other.txt": f"Zorblax {word} is far away."})
+    tool = {"type": "file_search", "vector_store_ids": [store]}
+    prompt = (
+        f'[[call:file_search {{"query": "Zorblax {word}"}}]] [[reply@1:Quimby【0:0†a】.]] where?'
+    )
+    response = sdk.responses.create(
+        model="gpt-4o",
+        input=prompt,
+        tools=[tool],  # type: ignore[list-item]
+        include=["file_search_call.results"],
+    )
+    assert response.status == "completed", response.error
+    search, answer = response.output
+    assert search.type == "file_search_call"
+    assert search.queries == [f"Zorblax {word}"]
+    assert search.results is not None
+    assert {r.file_id for r in search.results} == {ids["quimby.txt"]}
+    assert answer.type == "message"
+    part = answer.content[0]
+    assert part.type == "output_text" and part.text == "Quimby."
+    (citation,) = part.annotations
+    assert citation.type == "file_citation" and citation.filename == "quimby.txt"
+    assert citation.index == len("Quimby")
+    # The model read the store's chunk, not the other store's.
+    tool_said = requests_with(scripted_llm, f"Zorblax {word}")[-1]["messages"][-1]
+    assert tool_said["role"] == "tool" and "Quimby" in tool_said["content"]
+    assert "far away" not in tool_said["content"]
+    streamed = sdk.responses.create(
+        model="gpt-4o",
+        input=prompt,
+        tools=[tool],
+        stream=True,  # type: ignore[list-item]
+    )
+    events = [e.model_dump(mode="json") for e in streamed]
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == "Quimby."
+    added = [e for e in events if e["type"] == "response.output_text.annotation.added"]
+    assert [a["annotation"]["filename"] for a in added] == ["quimby.txt"]
+    assert events[-1]["type"] == "response.completed"
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.create(
+            model="gpt-4o",
+            input="x",
+            tools=[{"type": "file_search", "vector_store_ids": ["vs_missing"]}],
+        )
+    assert other

@@ -10,6 +10,7 @@ function calls are answered by `function_call_output` items in a later request, 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from hal9100.conversations.items import Entry
@@ -162,9 +163,13 @@ def build(
     completion_tokens_left: int | None,
     functions: list[FunctionTool],
     truncation: str,
+    notes: Sequence[str] = (),
 ) -> Prompt:
+    """`notes` go at the end of the system prompt (what the tools make available, such as
+    code_interpreter's files)."""
     history = chat_messages(entries, images)
-    system = [ChatMessage("system", run.instructions)] if run.instructions else []
+    system_text = "\n\n".join(part for part in (run.instructions, *notes) if part)
+    system = [ChatMessage("system", system_text)] if system_text else []
     reserve = (
         completion_tokens_left
         if completion_tokens_left is not None

@@ -23,7 +23,17 @@ from hal9100.core import ids
 from hal9100.core.clock import now
 from hal9100.core.errors import APIError, bad_request, not_found
 from hal9100.core.pagination import ListParams
-from hal9100.db.models import Assistant, Item, Message, Run, RunStatus, RunStep, Thread
+from hal9100.db.models import (
+    Assistant,
+    File,
+    Item,
+    Message,
+    Run,
+    RunStatus,
+    RunStep,
+    Thread,
+    VectorStore,
+)
 from hal9100.engine.state import TERMINAL
 from hal9100.events.base import TERMINAL_EVENTS
 from hal9100.queue.base import EXECUTE_RUN
@@ -90,16 +100,35 @@ def _instructions(assistant: Assistant | None, body: ResponseCreate) -> str:
 
 
 def _assistant_tools(assistant: Assistant) -> list[Any]:
-    """A stored assistant's function tools, as a response's `tools` gives them."""
+    """A stored assistant's tools, as a response's `tools` gives them (its tool_resources
+    become the stores and files of its file_search and code_interpreter)."""
+    resources = assistant.tool_resources or {}
     given = []
     for tool in assistant.tools or []:
-        if tool.get("type") == "function":
+        kind = tool.get("type")
+        if kind == "function":
             function = tool.get("function") or {}
             given.append({"type": "function", **function})
+        elif kind == "file_search":
+            options = tool.get("file_search") or {}
+            search = {
+                "type": "file_search",
+                "vector_store_ids": list(
+                    (resources.get("file_search") or {}).get("vector_store_ids") or []
+                ),
+            }
+            if options.get("max_num_results") is not None:
+                search["max_num_results"] = options["max_num_results"]
+            given.append(search)
+        elif kind == "code_interpreter":
+            files = list((resources.get("code_interpreter") or {}).get("file_ids") or [])
+            given.append(
+                {"type": "code_interpreter", "container": {"type": "auto", "file_ids": files}}
+            )
         else:
             raise bad_request(
-                f"The assistant's '{tool.get('type')}' tool cannot be used by a response on "
-                "this server yet (function tools can).",
+                f"The assistant's '{kind}' tool cannot be used by a response on this server "
+                "(function, file_search and code_interpreter tools can).",
                 "prompt.id",
             )
     return given
@@ -144,6 +173,25 @@ async def _check_outputs(session: AsyncSession, run: Run, rows: list[Message | I
                 raise bad_request(f"No tool output found for function call {missing[0]}.", "input")
 
 
+async def _check_tool_objects(session: AsyncSession, run_tools: list[dict[str, Any]]) -> None:
+    """The vector stores and files the tools name exist."""
+    for index, tool in enumerate(run_tools):
+        wanted = tool.get("vector_store_ids") or []
+        if wanted:
+            found = set(
+                await session.scalars(select(VectorStore.id).where(VectorStore.id.in_(wanted)))
+            )
+            for store_id in wanted:
+                if store_id not in found:
+                    raise not_found("vector store", store_id, f"tools[{index}].vector_store_ids")
+        files = tool.get("file_ids") or []
+        if files:
+            found = set(await session.scalars(select(File.id).where(File.id.in_(files))))
+            for file_id in files:
+                if file_id not in found:
+                    raise not_found("file", file_id, f"tools[{index}].container.file_ids")
+
+
 async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) -> tuple[Run, str]:
     """Write the response and queue it; returns it and the bus position before its events."""
     store = True if body.store is None else body.store
@@ -167,6 +215,13 @@ async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) 
     if given_tools is None and assistant is not None:
         given_tools = _assistant_tools(assistant)
     echoed_tools, run_tools = tools.run_tools(given_tools)
+    await _check_tool_objects(session, run_tools)
+    if body.max_tool_calls is not None and any(t["type"] != "function" for t in run_tools):
+        raise bad_request(
+            "'max_tool_calls' with built-in tools (file_search, code_interpreter) is not "
+            "supported by this server yet.",
+            "max_tool_calls",
+        )
     echoed_choice, run_choice = tools.run_tool_choice(body.tool_choice, run_tools)
     text, response_format = _format(body)
     if response_format is None and assistant is not None and body.text is None:
@@ -279,7 +334,9 @@ async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) 
             raise not_found("conversation", conversation_id, "conversation") from exc
         raise _busy(conversation_id) from exc
     position = await runtime.bus.position(run.id)
-    await runtime.queue.enqueue(EXECUTE_RUN, run.id, worker=None)
+    # A conversation's code_interpreter kernel lives in one worker: its runs go there.
+    worker = await runs.route(runtime, run.thread_id, run.tools)
+    await runtime.queue.enqueue(EXECUTE_RUN, run.id, worker=worker)
     return run, position
 
 

@@ -4,10 +4,15 @@ toolset reads), checked as OpenAI checks them."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError
 
 from hal9100.core.errors import bad_request
-from hal9100.core.schemas import _check_json
+from hal9100.core.schemas import RequestModel, _check_json
+from hal9100.vector_stores.schemas import ComparisonFilter, CompoundFilter, RankingOptions
+
+M = TypeVar("M", bound=BaseModel)
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # Sent on every request by widely used clients (Codex CLI), which work without it: accepted
@@ -59,6 +64,38 @@ def _function(tool: dict[str, Any], param: str) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+class _FileSearch(RequestModel):
+    type: Literal["file_search"]
+    vector_store_ids: Annotated[list[str], Field(max_length=16)]
+    max_num_results: Annotated[int, Field(ge=1, le=50)] | None = None
+    ranking_options: RankingOptions | None = None
+    filters: ComparisonFilter | CompoundFilter | None = None
+
+
+class _AutoContainer(RequestModel):
+    type: Literal["auto"]
+    file_ids: Annotated[list[str], Field(max_length=20)] = []
+    # The sandbox's memory is the server's setting (HAL9100_SANDBOX_MEMORY_MB).
+    memory_limit: None = None
+
+
+class _CodeInterpreter(RequestModel):
+    type: Literal["code_interpreter"]
+    # Containers are not an object of this server: each conversation (or response) has
+    # its own sandbox, as OpenAI's `auto` container.
+    container: Literal["auto"] | _AutoContainer
+
+
+def _checked(model: type[M], tool: dict[str, Any], param: str) -> M:
+    try:
+        return model.model_validate(tool)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"] if not str(p).startswith("<"))
+        at = f"{param}.{where}" if where else param
+        raise bad_request(f"Invalid '{at}': {error['msg']}.", at) from exc
+
+
 def run_tools(tools: list[Any] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(the tools as given, to echo; the tools the run offers the model)."""
     given: list[dict[str, Any]] = []
@@ -85,14 +122,43 @@ def run_tools(tools: list[Any] | None) -> tuple[list[dict[str, Any]], list[dict[
                     "strict": converted["function"].get("strict", True),
                 }
             )
+        elif kind == "file_search":
+            search = _checked(_FileSearch, tool, param)
+            options: dict[str, Any] = {}
+            if search.max_num_results is not None:
+                options["max_num_results"] = search.max_num_results
+            if search.ranking_options is not None:
+                options["ranking_options"] = search.ranking_options.model_dump(mode="json")
+            converted = {
+                "type": "file_search",
+                "file_search": options,
+                "vector_store_ids": search.vector_store_ids,
+            }
+            if search.filters is not None:
+                converted["filters"] = search.filters.model_dump(mode="json", exclude_none=True)
+            offered.append(converted)
+            given.append(
+                {
+                    "type": "file_search",
+                    "vector_store_ids": search.vector_store_ids,
+                    "filters": converted.get("filters"),
+                    "max_num_results": search.max_num_results or 20,
+                    "ranking_options": options.get("ranking_options")
+                    or {"ranker": "auto", "score_threshold": 0.0},
+                }
+            )
+        elif kind == "code_interpreter":
+            code = _checked(_CodeInterpreter, tool, param)
+            file_ids = code.container.file_ids if isinstance(code.container, _AutoContainer) else []
+            offered.append({"type": "code_interpreter", "file_ids": list(file_ids)})
+            given.append({"type": "code_interpreter", "container": tool["container"]})
         elif isinstance(kind, str) and kind in NOT_OFFERED:
             given.append(dict(tool))
         else:
             shown = kind if isinstance(kind, str) else type(kind).__name__
             raise bad_request(
                 f"Invalid value for '{param}.type': tools of type '{shown[:64]}' are not "
-                "supported by this server (function tools are; file_search and "
-                "code_interpreter are on their way to the Responses API).",
+                "supported by this server (function, file_search and code_interpreter are).",
                 f"{param}.type",
             )
     return given, offered
@@ -104,9 +170,16 @@ def run_tool_choice(choice: Any, offered: list[dict[str, Any]]) -> tuple[Any, An
         return "auto", None
     if choice in ("none", "auto", "required"):
         return choice, choice
+    if isinstance(choice, dict) and choice.get("type") in ("file_search", "code_interpreter"):
+        kind = choice["type"]
+        if not any(t["type"] == kind for t in offered):
+            raise bad_request(
+                f"Tool choice '{kind}' is not one of the tools in 'tools'.", "tool_choice"
+            )
+        return {"type": kind}, {"type": kind}
     if isinstance(choice, dict) and choice.get("type") == "function":
         name = choice.get("name")
-        if not any(t["function"]["name"] == name for t in offered):
+        if not any(t.get("function", {}).get("name") == name for t in offered):
             raise bad_request(
                 f"Tool choice '{name}' is not one of the functions in 'tools'.", "tool_choice"
             )

@@ -197,7 +197,9 @@ class AssistantsRecorder:
         self.images = _shown_images(steps)
         notes = []
         if any(t.get("type") == code_interpreter.NAME for t in run.tools or []):
-            files = await code_interpreter.run_files(session, run.thread_id, run.assistant_id)
+            files = await code_interpreter.run_files(
+                session, run.thread_id, run.assistant_id, run.tools
+            )
             note = code_interpreter.files_note(files)
             if note is not None:
                 notes.append(note)

@@ -96,11 +96,26 @@ def sandbox_names(files: Sequence[tuple[str, str]]) -> dict[str, str]:
     return names
 
 
-async def run_files(session: AsyncSession, thread_id: str, assistant_id: str | None) -> list[File]:
-    """The files a run's code may use, in order: the assistant's and the thread's
-    `tool_resources.code_interpreter.file_ids`, then the thread's message attachments for
-    this tool. Files deleted since are left out."""
-    wanted: list[str] = []
+def tool_file_ids(tools: list[Any] | None) -> list[str]:
+    """The files a run's code_interpreter tool names itself (a response's
+    `container.file_ids`)."""
+    found: list[str] = []
+    for tool in tools or []:
+        if isinstance(tool, dict) and tool.get("type") == NAME:
+            found += [str(i) for i in tool.get("file_ids") or [] if isinstance(i, str)]
+    return found
+
+
+async def run_files(
+    session: AsyncSession,
+    thread_id: str,
+    assistant_id: str | None,
+    tools: list[Any] | None = None,
+) -> list[File]:
+    """The files a run's code may use, in order: those its tool names, the assistant's and
+    the thread's `tool_resources.code_interpreter.file_ids`, then the thread's message
+    attachments for this tool. Files deleted since are left out."""
+    wanted: list[str] = tool_file_ids(tools)
     if assistant_id is not None:
         resources = await session.scalar(
             select(Assistant.tool_resources).where(Assistant.id == assistant_id)
@@ -267,7 +282,7 @@ class CodeInterpreterTool:
             )
         run = ctx.run
         async with ctx.sessions() as session:
-            files = await run_files(session, run.thread_id, run.assistant_id)
+            files = await run_files(session, run.thread_id, run.assistant_id, run.tools)
             had_session = await _had_session(session, run.thread_id)
         try:
             async with sandboxes.lease(run.thread_id) as lease:

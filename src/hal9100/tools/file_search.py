@@ -162,20 +162,33 @@ class FileSearchTool:
 
     type = "file_search"
 
-    def __init__(self, max_num_results: int, ranking_options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        max_num_results: int,
+        ranking_options: dict[str, Any],
+        vector_store_ids: list[str] | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> None:
         self.max_num_results = max_num_results
         self.ranking_options = ranking_options
+        # A response's tool names its stores (and may filter them); an Assistants run
+        # searches its assistant's and thread's.
+        self.vector_store_ids = vector_store_ids
+        self.filters = filters
 
     @classmethod
     def from_definition(cls, definition: dict[str, Any], settings: Settings) -> FileSearchTool:
         options = definition.get("file_search") or {}
         ranking = options.get("ranking_options") or {}
+        stores = definition.get("vector_store_ids")
         return cls(
             int(options.get("max_num_results") or DEFAULT_MAX_RESULTS),
             {
                 "ranker": ranking.get("ranker") or "auto",
                 "score_threshold": float(ranking.get("score_threshold") or 0.0),
             },
+            [str(s) for s in stores] if isinstance(stores, list) else None,
+            definition.get("filters") if isinstance(definition.get("filters"), dict) else None,
         )
 
     def functions(self) -> list[FunctionSpec]:
@@ -191,7 +204,10 @@ class FileSearchTool:
             return self._output(
                 arguments, turn, queries, [], "Error: give a `query` to search for."
             )
-        store_ids, thread_store_ids = await self._store_ids(ctx)
+        if self.vector_store_ids is not None:
+            store_ids, thread_store_ids = self.vector_store_ids, list[str]()
+        else:
+            store_ids, thread_store_ids = await self._store_ids(ctx)
         if not store_ids:
             return self._output(
                 arguments,
@@ -211,6 +227,7 @@ class FileSearchTool:
             queries[0] if len(queries) == 1 else queries,
             max_num_results=self.max_num_results,
             ranking_options=dict(self.ranking_options),
+            filters=self.filters,
         )
         results = [
             {
