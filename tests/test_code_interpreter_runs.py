@@ -15,6 +15,7 @@ import pytest
 from conftest import DeployFactory, make_client
 from deployments import Deployment
 from openapi_contract import spec_available, validate_schema
+from responses_support import check_events as check_response_events
 from runs_support import POLL_MS, CollectEvents, marker, requests_with
 from sandbox_support import sandbox_backend
 from scripted_llm import ScriptedLLM
@@ -340,3 +341,24 @@ def test_code_interpreter_through_responses(sdk: openai.OpenAI, scripted_llm: Sc
     )
     assert second.status == "completed", second.error
     assert second.output[0].outputs[0].logs == "24\n"  # type: ignore[union-attr]
+    streamed = sdk.responses.create(
+        model="gpt-4o",
+        conversation=conversation.id,
+        input=f"{tag} streamed {_call('print(x + 1)')}",
+        tools=[tool],  # type: ignore[list-item]
+        include=["code_interpreter_call.outputs"],
+        stream=True,
+    )
+    events = check_response_events(
+        [e.model_dump(mode="json", exclude_unset=True) for e in streamed]
+    )
+    kinds = [e["type"] for e in events]
+    assert "response.code_interpreter_call.in_progress" in kinds
+    code = "".join(
+        e["delta"] for e in events if e["type"] == "response.code_interpreter_call_code.delta"
+    )
+    assert code == "print(x + 1)"
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    final = events[-1]["response"]
+    assert done == final["output"]
+    assert final["output"][0]["outputs"] == [{"type": "logs", "logs": "13\n"}]

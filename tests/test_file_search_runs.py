@@ -20,6 +20,7 @@ import pytest
 from conftest import DeployFactory
 from deployments import Deployment
 from openapi_contract import spec_available, validate_schema
+from responses_support import check_events as check_response_events
 from runs_support import POLL_MS, CollectEvents, marker, requests_with
 from scripted_llm import ScriptedLLM
 
@@ -426,11 +427,25 @@ def test_file_search_through_responses(sdk: openai.OpenAI, scripted_llm: Scripte
         tools=[tool],
         stream=True,  # type: ignore[list-item]
     )
-    events = [e.model_dump(mode="json") for e in streamed]
+    events = check_response_events(
+        [e.model_dump(mode="json", exclude_unset=True) for e in streamed]
+    )
     text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert text == "Quimby."
-    added = [e for e in events if e["type"] == "response.output_text.annotation.added"]
-    assert [a["annotation"]["filename"] for a in added] == ["quimby.txt"]
+    added = [
+        (e["output_index"], e["item"]["type"])
+        for e in events
+        if e["type"] == "response.output_item.added"
+    ]
+    assert added == [(0, "file_search_call"), (1, "message")]
+    kinds = [e["type"] for e in events]
+    assert kinds.index("response.file_search_call.completed") < kinds.index(
+        "response.output_text.delta"
+    )
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert done == events[-1]["response"]["output"]
+    notes = [e for e in events if e["type"] == "response.output_text.annotation.added"]
+    assert [a["annotation"]["filename"] for a in notes] == ["quimby.txt"]
     assert events[-1]["type"] == "response.completed"
     with pytest.raises(openai.NotFoundError):
         sdk.responses.create(

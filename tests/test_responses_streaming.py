@@ -6,14 +6,12 @@ stream helper; a function call streamed; and a stream cut off and resumed with
 from __future__ import annotations
 
 import json
-from functools import cache
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from openapi_contract import load_spec, spec_available, validate_schema
+from responses_support import check_events, read_events
 from runs_support import marker
 
 WEATHER = {
@@ -23,50 +21,12 @@ WEATHER = {
 }
 
 
-@cache
-def _schema_of_type() -> dict[str, str]:
-    schemas = load_spec()["components"]["schemas"]
-    members = schemas["ResponseStreamEvent"].get("anyOf") or schemas["ResponseStreamEvent"]["oneOf"]
-    found = {}
-    for member in members:
-        name = member["$ref"].rsplit("/", 1)[-1]
-        kind = schemas[name].get("properties", {}).get("type", {}).get("enum", [None])[0]
-        if kind:
-            found[kind] = name
-    return found
-
-
-def check(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every event fits its schema, and the sequence numbers count up from the first."""
-    first = events[0]["sequence_number"]
-    assert [e["sequence_number"] for e in events] == list(range(first, first + len(events)))
-    if spec_available():
-        for event in events:
-            validate_schema(event, _schema_of_type()[event["type"]])
-    return events
-
-
-def read_events(answer: httpx.Response, stop_after: int | None = None) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    kind = None
-    for line in answer.iter_lines():
-        if line.startswith("event: "):
-            kind = line.removeprefix("event: ")
-        elif line.startswith("data: "):
-            data = json.loads(line.removeprefix("data: "))
-            assert data["type"] == kind
-            events.append(data)
-            if stop_after is not None and len(events) >= stop_after:
-                break
-    return events
-
-
 def test_a_streamed_response(client: openai.OpenAI) -> None:
     word = marker()
     stream = client.responses.create(
         model="scripted-model", input=f"{word} [[reply:One two three.]]", stream=True
     )
-    events = check([event.model_dump(mode="json", exclude_unset=True) for event in stream])
+    events = check_events([event.model_dump(mode="json", exclude_unset=True) for event in stream])
     kinds = [e["type"] for e in events]
     deltas = kinds.count("response.output_text.delta")
     assert deltas >= 2
@@ -110,7 +70,7 @@ def test_a_function_call_streams(client: openai.OpenAI) -> None:
         tools=[WEATHER],  # type: ignore[list-item]
         stream=True,
     )
-    events = check([event.model_dump(mode="json", exclude_unset=True) for event in stream])
+    events = check_events([event.model_dump(mode="json", exclude_unset=True) for event in stream])
     kinds = [e["type"] for e in events]
     assert kinds[0:3] == ["response.created", "response.in_progress", "response.output_item.added"]
     assert kinds[-3:] == [
@@ -148,7 +108,7 @@ def test_a_stream_cut_off_is_resumed(http: httpx.Client, client: openai.OpenAI) 
     ) as answer:
         assert answer.status_code == 200
         rest = read_events(answer)
-    events = check(head + rest)
+    events = check_events(head + rest)
     assert events[-1]["type"] == "response.completed"
     text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert text == client.responses.retrieve(response_id).output_text

@@ -19,7 +19,7 @@ router = APIRouter(prefix="/responses", tags=["responses"])
 async def create_response(body: ResponseCreate, session: SessionDep, runtime: RuntimeDep) -> Any:
     run, position = await service.create(session, runtime, body)
     if body.stream:
-        return streaming.stream(runtime, run.id, await streaming.opening(session, run), None)
+        return streaming.stream(runtime, run, await streaming.opening(session, run), None)
     if body.background:
         return await objects.to_object(session, run)
     done = await service.wait_done(runtime, session, run, position)
@@ -46,11 +46,13 @@ async def retrieve_response(
     if stream:
         # The response's events, replayed from the start or after `starting_after`, then
         # followed live while it runs.
-        first = await streaming.opening(session, await service.stored(session, response_id))
+        run = await service.stored(session, response_id)
+        first = await streaming.opening(session, run)
+        shown = streaming.stream(runtime, run, first, starting_after)
         # The stream reads in sessions of its own: this one lets go of its connection (the
         # embedded database has one).
         await session.rollback()
-        return streaming.stream(runtime, response_id, first, starting_after)
+        return shown
     return await service.retrieve(session, response_id, _include(include, include_plain))
 
 

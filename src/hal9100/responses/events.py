@@ -58,11 +58,18 @@ class Translator:
         opening: dict[str, Any],
         final: Callable[[], Awaitable[dict[str, Any]]],
         filenames: Callable[[list[str]], Awaitable[dict[str, str]]],
+        step_items: Callable[[str], Awaitable[list[dict[str, Any]]]],
+        container_id: str,
     ) -> None:
         # The response as it was created, and how to read it once ended.
         self.opening = opening
         self.final = final
         self.filenames = filenames
+        # A completed step's calls as the response's output shows them (read back: the
+        # step's event does not carry what a search looked for).
+        self.step_items = step_items
+        # code_interpreter's container: the response's thread, whose kernel it uses.
+        self.container_id = container_id
         self.sequence = 0
         self.next_output = 0
         self.message: _Message | None = None
@@ -102,7 +109,7 @@ class Translator:
         if name == "thread.run.step.delta":
             return self._call_fragments(data)
         if name == "thread.run.step.completed":
-            return self._close_calls(data)
+            return await self._close_calls(data)
         if name in _ENDS:
             self.ended = True
             return [self._emit(_ENDS[name], response=await self.final())]
@@ -242,7 +249,12 @@ class Translator:
         details = (data.get("delta") or {}).get("step_details") or {}
         events: list[dict[str, Any]] = []
         for fragment in details.get("tool_calls") or []:
-            if not isinstance(fragment, dict) or fragment.get("type") != "function":
+            if not isinstance(fragment, dict):
+                continue
+            if fragment.get("type") in ("file_search", "code_interpreter"):
+                events.extend(self._builtin_fragment(step_id, fragment))
+                continue
+            if fragment.get("type") != "function":
                 continue
             key = f"{step_id}:{fragment.get('index')}"
             function = fragment.get("function") or {}
@@ -285,12 +297,99 @@ class Translator:
                 )
         return events
 
-    def _close_calls(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+    def _builtin_fragment(self, step_id: str, fragment: dict[str, Any]) -> list[dict[str, Any]]:
+        kind = str(fragment["type"])
+        key = f"{step_id}:{fragment.get('index')}"
+        call = self.calls.get(key)
+        events: list[dict[str, Any]] = []
+        if call is None:
+            call_id = fragment.get("id")
+            if not isinstance(call_id, str):
+                return []
+            call = self.calls[key] = _Call(
+                call_item_id(call_id, kind), self.next_output, call_id, kind
+            )
+            self.by_id[call_id] = call
+            self.next_output += 1
+            where = {"output_index": call.output_index, "item_id": call.item_id}
+            item: dict[str, Any]
+            if kind == "file_search":
+                item = {
+                    "type": "file_search_call",
+                    "id": call.item_id,
+                    "status": "in_progress",
+                    "queries": [],
+                    "results": None,
+                }
+                return [
+                    self._emit(
+                        "response.output_item.added", output_index=call.output_index, item=item
+                    ),
+                    self._emit("response.file_search_call.in_progress", **where),
+                    self._emit("response.file_search_call.searching", **where),
+                ]
+            item = {
+                "type": "code_interpreter_call",
+                "id": call.item_id,
+                "status": "in_progress",
+                "container_id": self.container_id,
+                "code": "",
+                "outputs": None,
+            }
+            events += [
+                self._emit("response.output_item.added", output_index=call.output_index, item=item),
+                self._emit("response.code_interpreter_call.in_progress", **where),
+            ]
+        code = (
+            (fragment.get("code_interpreter") or {}).get("input")
+            if kind == "code_interpreter"
+            else None
+        )
+        if isinstance(code, str) and code:
+            call.arguments.append(code)
+            events.append(
+                self._emit(
+                    "response.code_interpreter_call_code.delta",
+                    output_index=call.output_index,
+                    item_id=call.item_id,
+                    delta=code,
+                )
+            )
+        return events
+
+    async def _close_builtin(self, step_id: str, call: _Call) -> list[dict[str, Any]]:
+        where = {"output_index": call.output_index, "item_id": call.item_id}
+        shown = next(
+            (i for i in await self.step_items(step_id) if i.get("id") == call.item_id), None
+        )
+        if shown is None:
+            return []
+        if call.name == "file_search":
+            return [
+                self._emit("response.file_search_call.completed", **where),
+                self._emit("response.output_item.done", output_index=call.output_index, item=shown),
+            ]
+        return [
+            self._emit(
+                "response.code_interpreter_call_code.done", **where, code=shown.get("code") or ""
+            ),
+            self._emit("response.code_interpreter_call.interpreting", **where),
+            self._emit("response.code_interpreter_call.completed", **where),
+            self._emit("response.output_item.done", output_index=call.output_index, item=shown),
+        ]
+
+    async def _close_calls(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         details = data.get("step_details") or {}
         if details.get("type") != "tool_calls":
             return []
+        step_id = str(data.get("id"))
         events: list[dict[str, Any]] = []
         for made in details.get("tool_calls") or []:
+            if isinstance(made, dict) and made.get("type") in ("file_search", "code_interpreter"):
+                builtin = self.by_id.pop(str(made.get("id")), None)
+                if builtin is not None:
+                    events += await self._close_builtin(step_id, builtin)
+                continue
             if not isinstance(made, dict) or made.get("type") != "function":
                 continue
             call = self.by_id.pop(str(made.get("id")), None)

@@ -16,8 +16,9 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hal9100.conversations import items as items_
 from hal9100.conversations.items import filenames_of_files
-from hal9100.db.models import Run
+from hal9100.db.models import Run, RunStep
 from hal9100.responses import objects
 from hal9100.responses.events import Translator
 from hal9100.responses.service import forget
@@ -46,8 +47,11 @@ async def opening(session: AsyncSession, run: Run) -> dict[str, Any]:
 
 
 def stream(
-    runtime: Runtime, response_id: str, first: dict[str, Any], after: int | None
+    runtime: Runtime, run: Run, first: dict[str, Any], after: int | None
 ) -> StreamingResponse:
+    # Read now: the caller's session may end (and expire the row) before the stream runs.
+    response_id, thread_id = run.id, run.thread_id
+
     async def final() -> dict[str, Any]:
         async with runtime.sessions() as session:
             ended = await session.scalar(select(Run).where(Run.id == response_id))
@@ -63,7 +67,14 @@ def stream(
         async with runtime.sessions() as session:
             return await filenames_of_files(session, set(file_ids))
 
-    translator = Translator(first, final, filenames)
+    async def step_items(step_id: str) -> list[dict[str, Any]]:
+        async with runtime.sessions() as session:
+            step = await session.scalar(select(RunStep).where(RunStep.id == step_id))
+            settings = await session.scalar(select(Run.response).where(Run.id == response_id))
+        shown = set((settings or {}).get("include") or [])
+        return items_.step_items(step, shown) if step is not None else []
+
+    translator = Translator(first, final, filenames, step_items, thread_id)
 
     def frames_of(events: list[dict[str, Any]]) -> bytes:
         return b"".join(_sse(e) for e in events if after is None or e["sequence_number"] > after)
