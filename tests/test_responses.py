@@ -5,7 +5,9 @@ false`, cancel, input items, and what is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 from typing import Any
 
@@ -13,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from deployments import Deployment
 from runs_support import POLL_MS, marker, requests_with
 from scripted_llm import ScriptedLLM
 
@@ -443,3 +446,88 @@ def test_chaining_to_a_response_still_running_is_refused(client: openai.OpenAI) 
         )
     assert refused.value.param == "previous_response_id"  # type: ignore[attr-defined]
     client.responses.cancel(running.id)
+
+
+def test_input_tokens(client: openai.OpenAI) -> None:
+    first = client.responses.create(model="scripted-model", input="[[reply:Hello there, friend.]]")
+    alone = client.responses.input_tokens.count(model="scripted-model", input="How are you?")
+    assert alone.object == "response.input_tokens"
+    assert 4 < alone.input_tokens < 20
+    chained = client.responses.input_tokens.count(
+        model="scripted-model", input="How are you?", previous_response_id=first.id
+    )
+    assert chained.input_tokens > alone.input_tokens
+    with_tool = client.responses.input_tokens.count(
+        model="scripted-model",
+        input="How are you?",
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert with_tool.input_tokens > alone.input_tokens
+    with pytest.raises(openai.BadRequestError):
+        client.responses.input_tokens.count(
+            model="scripted-model", input="x", previous_response_id="resp_missing"
+        )
+
+
+@pytest.mark.parametrize(
+    "tools",
+    [
+        [{"type": "file_search", "vector_store_ids": []}] * 2,
+        [
+            {"type": "code_interpreter", "container": "auto"},
+            {"type": "function", "name": "code_interpreter"},
+        ],
+        [{"type": "code_interpreter", "container": "cntr_abc"}],
+        [{"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "4g"}}],
+        [{"type": "file_search", "vector_store_ids": [], "filters": {"type": "eq"}}],
+    ],
+)
+def test_tools_refused(http: httpx.Client, tools: list[Any]) -> None:
+    answer = http.post("/v1/responses", json={"model": "m", "input": "x", "tools": tools})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"].startswith("tools")
+
+
+def _rows_of(server: Deployment, response_id: str) -> int:
+    """How many rows the database holds for the response (its run)."""
+    if server.mode == "production":
+        import asyncio
+
+        import asyncpg
+
+        async def count() -> int:
+            url = server.env["DATABASE_URL"].replace("postgres://", "postgresql://")
+            connection = await asyncpg.connect(url)
+            try:
+                query = "SELECT count(*) FROM runs WHERE id = $1"
+                return int(await connection.fetchval(query, response_id))
+            finally:
+                await connection.close()
+
+        return asyncio.run(count())
+    path = server.api[0].data_dir / "hal9100.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        query = "SELECT count(*) FROM runs WHERE id = ?"
+        return int(db.execute(query, (response_id,)).fetchone()[0])
+
+
+def test_an_unstored_stream_left_midway_is_forgotten(
+    http: httpx.Client, server: Deployment
+) -> None:
+    body = {
+        "model": "scripted-model",
+        "input": "[[slow:20]] [[tokens:30]]",
+        "stream": True,
+        "store": False,
+    }
+    with http.stream("POST", "/v1/responses", json=body) as answer:
+        for line in answer.iter_lines():
+            if line.startswith("data: ") and "response.created" in line:
+                response_id = json.loads(line[6:])["response"]["id"]
+                break
+    assert http.get(f"/v1/responses/{response_id}").status_code == 404
+    assert _rows_of(server, response_id) == 1  # running on, the client gone
+    deadline = time.monotonic() + 20
+    while _rows_of(server, response_id):
+        assert time.monotonic() < deadline, "an unstored response was kept"
+        time.sleep(0.2)

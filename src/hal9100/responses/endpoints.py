@@ -10,7 +10,7 @@ from hal9100.core.deps import RuntimeDep, SessionDep
 from hal9100.core.errors import bad_request
 from hal9100.core.pagination import ListParams
 from hal9100.responses import objects, service, streaming
-from hal9100.responses.schemas import ResponseCreate
+from hal9100.responses.schemas import ResponseCreate, TokenCount
 
 router = APIRouter(prefix="/responses", tags=["responses"])
 
@@ -27,6 +27,11 @@ async def create_response(body: ResponseCreate, session: SessionDep, runtime: Ru
     if not answer["store"]:
         await service.forget(session, done)
     return answer
+
+
+@router.post("/input_tokens")
+async def count_input_tokens(body: TokenCount, session: SessionDep) -> Any:
+    return await service.input_tokens(session, body)
 
 
 @router.get("/{response_id}")

@@ -20,13 +20,15 @@ from hal9100.events.base import RunEvent
 # The run's end, and the response event that says it (a cancelled response has no event of
 # its own in the Responses API; its stream ends as a failed one does, the response's status
 # saying `cancelled`).
-_ENDS = {
+_ENDS_OF_RUNS = {
     "thread.run.completed": "response.completed",
     "thread.run.incomplete": "response.incomplete",
     "thread.run.failed": "response.failed",
     "thread.run.expired": "response.failed",
     "thread.run.cancelled": "response.failed",
 }
+# The events that end a response's stream.
+ENDS = frozenset({*_ENDS_OF_RUNS.values(), "error"})
 
 
 @dataclass
@@ -110,9 +112,9 @@ class Translator:
             return self._call_fragments(data)
         if name == "thread.run.step.completed":
             return await self._close_calls(data)
-        if name in _ENDS:
+        if name in _ENDS_OF_RUNS:
             self.ended = True
-            return [self._emit(_ENDS[name], response=await self.final())]
+            return [self._emit(_ENDS_OF_RUNS[name], response=await self.final())]
         if name == "error":
             self.ended = True
             return [

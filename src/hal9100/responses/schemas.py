@@ -105,3 +105,19 @@ class ResponseCreate(RequestModel):
     prompt_cache_key: Annotated[str, Field(max_length=512)] | None = None
     prompt_cache_retention: Literal["in_memory", "24h", "in-memory"] | None = None
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+
+
+class TokenCount(RequestModel):
+    """`POST /responses/input_tokens`: what a response's prompt would be made of."""
+
+    model: str | None = None
+    input: str | list[Any] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    conversation: str | ConversationRef | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    text: TextParam | None = None
+    reasoning: Reasoning | None = None
+    truncation: Literal["auto", "disabled"] | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 from typing import Any
@@ -36,11 +37,15 @@ from hal9100.db.models import (
 )
 from hal9100.engine.state import TERMINAL
 from hal9100.events.base import TERMINAL_EVENTS
+from hal9100.ingestion.chunking import count_tokens
+from hal9100.llm.base import ChatMessage, TextPart
 from hal9100.queue.base import EXECUTE_RUN
 from hal9100.responses import objects, tools
+from hal9100.responses import prompt as prompt_
 from hal9100.responses.recorder import context
-from hal9100.responses.schemas import ResponseCreate
+from hal9100.responses.schemas import ResponseCreate, TokenCount
 from hal9100.runs import service as runs
+from hal9100.runs.prompt import IMAGE_TOKENS
 from hal9100.runtime import Runtime
 from hal9100.threads import service as threads
 
@@ -54,12 +59,16 @@ async def stored(session: AsyncSession, response_id: str, param: str | None = No
     return run
 
 
-def _input(body: ResponseCreate) -> list[Any]:
-    if body.input is None:
+def _input_of(given: str | list[Any] | None) -> list[Any]:
+    if given is None:
         return []
-    if isinstance(body.input, str):
-        return [{"type": "message", "role": "user", "content": body.input}]
-    return body.input
+    if isinstance(given, str):
+        return [{"type": "message", "role": "user", "content": given}]
+    return given
+
+
+def _input(body: ResponseCreate) -> list[Any]:
+    return _input_of(body.input)
 
 
 def _format(body: ResponseCreate) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -452,3 +461,68 @@ async def input_items(
         last_id=page[-1]["id"] if page else None,
         has_more=len(data) > params.limit,
     )
+
+
+async def input_tokens(session: AsyncSession, body: TokenCount) -> dict[str, Any]:
+    """How many tokens the request's prompt would hold: its instructions, its context (the
+    conversation, or the previous_response_id chain), its input and its tools' definitions,
+    counted with OpenAI's tokenizer."""
+    conversation_id = (
+        body.conversation
+        if isinstance(body.conversation, str)
+        else body.conversation.id
+        if body.conversation is not None
+        else None
+    )
+    if conversation_id is not None and body.previous_response_id is not None:
+        raise bad_request(
+            "Mutually exclusive parameters: 'previous_response_id' and 'conversation' "
+            "cannot be used together.",
+            "previous_response_id",
+        )
+    if conversation_id is not None:
+        found = await session.scalar(select(Thread.id).where(Thread.id == conversation_id))
+        if found is None:
+            raise not_found("conversation", conversation_id, "conversation")
+    if body.previous_response_id is not None:
+        try:
+            await stored(session, body.previous_response_id)
+        except APIError as exc:
+            raise bad_request(
+                f"Previous response with id '{body.previous_response_id}' not found.",
+                "previous_response_id",
+                "previous_response_not_found",
+            ) from exc
+    _, run_tools = tools.run_tools(body.tools)
+    probe = Run(
+        id="",
+        thread_id=conversation_id or "",
+        instructions=body.instructions or "",
+        response={
+            "previous_response_id": body.previous_response_id,
+            "conversation": conversation_id,
+        },
+    )
+    rows = items_.build_entries(conversation_id or "", _input_of(body.input), "input")
+    given = [items_.Entry(items_.entry_item(row), index, row) for index, row in enumerate(rows)]
+    entries = [*await context(session, probe), *given]
+    messages = prompt_.chat_messages(entries, {})
+    if probe.instructions:
+        messages.insert(0, ChatMessage("system", probe.instructions))
+    # OpenAI's tokenizer (o200k), offline: the count a client of OpenAI's API expects. A
+    # message costs 4 more, an image a fixed 256 (pixels are not seen here).
+    total = sum(json_tokens(tool) for tool in run_tools)
+    for message in messages:
+        total += 4
+        if isinstance(message.content, str):
+            total += count_tokens(message.content)
+        else:
+            for part in message.content:
+                total += count_tokens(part.text) if isinstance(part, TextPart) else IMAGE_TOKENS
+        for call in message.tool_calls:
+            total += count_tokens(call.name) + count_tokens(call.arguments) + 4
+    return {"object": "response.input_tokens", "input_tokens": total}
+
+
+def json_tokens(value: Any) -> int:
+    return count_tokens(json.dumps(value, separators=(",", ":")))

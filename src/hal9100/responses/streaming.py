@@ -8,7 +8,9 @@ closes it with the whole response."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,10 +22,36 @@ from hal9100.conversations import items as items_
 from hal9100.conversations.items import filenames_of_files
 from hal9100.db.models import Run, RunStep
 from hal9100.responses import objects
-from hal9100.responses.events import Translator
-from hal9100.responses.service import forget
+from hal9100.responses.events import ENDS, Translator
+from hal9100.responses.service import forget, wait_done
 from hal9100.runs.streaming import follow, sse_response
 from hal9100.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+# Tasks that forget unstored responses whose client left before their end.
+_forgetting: set[asyncio.Task[None]] = set()
+
+
+async def _forget(runtime: Runtime, response_id: str) -> None:
+    async with runtime.sessions() as session:
+        ended = await session.scalar(select(Run).where(Run.id == response_id))
+        if ended is not None:
+            await forget(session, ended)
+
+
+async def _forget_when_done(runtime: Runtime, response_id: str) -> None:
+    try:
+        async with runtime.sessions() as session:
+            run = await session.scalar(select(Run).where(Run.id == response_id))
+            if run is None:
+                return
+            await session.commit()
+            await wait_done(runtime, session, run, runtime.bus.START)
+        await _forget(runtime, response_id)
+    except Exception:
+        log.exception("response %s: forgetting it failed", response_id)
 
 
 def _sse(event: dict[str, Any]) -> bytes:
@@ -77,7 +105,15 @@ def stream(
     translator = Translator(first, final, filenames, step_items, thread_id)
 
     def frames_of(events: list[dict[str, Any]]) -> bytes:
-        return b"".join(_sse(e) for e in events if after is None or e["sequence_number"] > after)
+        out = []
+        for event in events:
+            if after is None or event["sequence_number"] > after:
+                out.append(_sse(event))
+            elif event["type"] in ENDS:
+                # The log was gone (it is kept a while only): the stream was read back from
+                # the response's end alone, shorter than what the client saw. Its end comes.
+                out.append(_sse({**event, "sequence_number": after + 1}))
+        return b"".join(out)
 
     async def frames() -> AsyncIterator[bytes]:
         head = frames_of(translator.start())
@@ -96,11 +132,13 @@ def stream(
                     break
         finally:
             await events.aclose()
-        if translator.ended and not first["store"]:
-            # Not to be stored: gone once streamed to its end.
-            async with runtime.sessions() as session:
-                ended = await session.scalar(select(Run).where(Run.id == response_id))
-                if ended is not None:
-                    await forget(session, ended)
+            if not first["store"]:
+                # Not to be stored: gone once it ended (also when its client left first).
+                if translator.ended:
+                    await _forget(runtime, response_id)
+                else:
+                    task = asyncio.create_task(_forget_when_done(runtime, response_id))
+                    _forgetting.add(task)
+                    task.add_done_callback(_forgetting.discard)
 
     return sse_response(frames())

@@ -101,6 +101,7 @@ def run_tools(tools: list[Any] | None) -> tuple[list[dict[str, Any]], list[dict[
     given: list[dict[str, Any]] = []
     offered: list[dict[str, Any]] = []
     names: set[str] = set()
+    builtins: set[str] = set()
     for index, tool in enumerate(tools or []):
         param = f"tools[{index}]"
         if not isinstance(tool, dict):
@@ -122,7 +123,10 @@ def run_tools(tools: list[Any] | None) -> tuple[list[dict[str, Any]], list[dict[
                     "strict": converted["function"].get("strict", True),
                 }
             )
+        elif kind in ("file_search", "code_interpreter") and kind in builtins:
+            raise bad_request(f"Only one '{kind}' tool may be given.", f"{param}.type")
         elif kind == "file_search":
+            builtins.add(kind)
             search = _checked(_FileSearch, tool, param)
             options: dict[str, Any] = {}
             if search.max_num_results is not None:
@@ -148,6 +152,7 @@ def run_tools(tools: list[Any] | None) -> tuple[list[dict[str, Any]], list[dict[
                 }
             )
         elif kind == "code_interpreter":
+            builtins.add(kind)
             code = _checked(_CodeInterpreter, tool, param)
             file_ids = code.container.file_ids if isinstance(code.container, _AutoContainer) else []
             offered.append({"type": "code_interpreter", "file_ids": list(file_ids)})
@@ -161,6 +166,12 @@ def run_tools(tools: list[Any] | None) -> tuple[list[dict[str, Any]], list[dict[
                 "supported by this server (function, file_search and code_interpreter are).",
                 f"{param}.type",
             )
+    clash = names & builtins
+    if clash:
+        name = sorted(clash)[0]
+        raise bad_request(
+            f"A function may not be named '{name}' beside the built-in '{name}' tool.", "tools"
+        )
     return given, offered
 
 
