@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from conftest import make_client
 from deployments import Deployment
 from runs_support import POLL_MS, marker, requests_with
 from scripted_llm import ScriptedLLM
@@ -531,3 +532,30 @@ def test_an_unstored_stream_left_midway_is_forgotten(
     while _rows_of(server, response_id):
         assert time.monotonic() < deadline, "an unstored response was kept"
         time.sleep(0.2)
+
+
+def test_stored_responses_are_kept_for_the_retention(deploy: Any) -> None:
+    """Past HAL9100_RESPONSE_RETENTION_DAYS a response is gone (here about two seconds); a
+    conversation keeps what its responses added."""
+    deployment = deploy(HAL9100_RESPONSE_RETENTION_DAYS="0.00002", HAL9100_SWEEP_SECONDS="0.2")
+    client = make_client(deployment.urls)
+    alone = client.responses.create(model="scripted-model", input="[[reply:Short-lived.]]")
+    conversation = client.conversations.create()
+    held = client.responses.create(
+        model="scripted-model", conversation=conversation.id, input="[[reply:Kept here.]]"
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        gone = []
+        for response_id in (alone.id, held.id):
+            try:
+                client.responses.retrieve(response_id)
+            except openai.NotFoundError:
+                gone.append(response_id)
+        if len(gone) == 2:
+            break
+        assert time.monotonic() < deadline, "responses outlived their retention"
+        time.sleep(0.3)
+    items = client.conversations.items.list(conversation.id, order="asc").data
+    assert [getattr(i, "role", None) for i in items] == ["user", "assistant"]
+    client.close()

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     # A worker renews its lease on a run every third of this; a run whose lease lapses (the
     # worker died) is taken over by another worker after at most this long.
     lease_seconds: float = Field(default=30.0, validation_alias="HAL9100_LEASE_SECONDS")
+    # How long a stored response is kept (as OpenAI keeps them: 30 days); 0 keeps them.
+    # Responses of a conversation leave their items to it.
+    response_retention_days: float = Field(
+        default=30.0, ge=0, validation_alias="HAL9100_RESPONSE_RETENTION_DAYS"
+    )
     # How often expired runs and runs with lapsed leases are looked for.
     sweep_seconds: float = Field(default=5.0, validation_alias="HAL9100_SWEEP_SECONDS")
     # Whether this API process also executes runs. Unset: yes in embedded mode (no REDIS_URL),

@@ -27,6 +27,7 @@ from hal9100.engine.recorder import Execution
 from hal9100.engine.state import ACTIVE, RUNNABLE, terminal_values, transition
 from hal9100.ingestion.job import Ingestor
 from hal9100.queue.base import EXECUTE_RUN, INGEST_FILE
+from hal9100.responses import service as responses
 from hal9100.responses.recorder import ResponsesRecorder
 from hal9100.runs.lifecycle import close_open_work, run_event
 from hal9100.runs.recorder import AssistantsRecorder
@@ -97,11 +98,22 @@ class Worker:
             await self.sandbox.aclose()
 
     async def _sweep_forever(self) -> None:
+        retention_due = 0.0
         while True:
             try:
                 await sweep(self.runtime)
             except Exception:
                 log.exception("sweep failed")
+            if time.monotonic() >= retention_due:
+                retention_due = time.monotonic() + responses.retention_check_seconds(
+                    self.runtime.settings
+                )
+                try:
+                    dropped = await responses.drop_expired(self.runtime)
+                    if dropped:
+                        log.info("dropped %d responses past their retention", dropped)
+                except Exception:
+                    log.exception("response retention sweep failed")
             try:
                 await self.ingestor.sweep(self.runtime.queue)
             except Exception:

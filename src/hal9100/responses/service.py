@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.assistants.repository import AssistantRepository
+from hal9100.config import Settings
 from hal9100.conversations import items as items_
 from hal9100.conversations.schemas import ItemList
 from hal9100.core import ids
@@ -526,3 +527,38 @@ async def input_tokens(session: AsyncSession, body: TokenCount) -> dict[str, Any
 
 def json_tokens(value: Any) -> int:
     return count_tokens(json.dumps(value, separators=(",", ":")))
+
+
+def retention_check_seconds(settings: Settings) -> float:
+    """How often responses past their retention are looked for (a scan of the runs table):
+    every ten minutes, or a quarter of the retention if that is shorter."""
+    return min(600.0, max(0.1, settings.response_retention_days * 86400 / 4))
+
+
+async def drop_expired(runtime: Runtime) -> int:
+    """Forget the stored responses older than HAL9100_RESPONSE_RETENTION_DAYS that have
+    ended; returns how many."""
+    days = runtime.settings.response_retention_days
+    if days <= 0:
+        return 0
+    cutoff = now() - int(days * 86400)
+    async with runtime.sessions() as session:
+        old = (
+            await session.scalars(
+                select(Run).where(
+                    Run.id.startswith(ids.RESPONSE_PREFIX),
+                    Run.created_at < cutoff,
+                    Run.status.in_(TERMINAL),
+                )
+            )
+        ).all()
+        dropped = 0
+        for run in old:
+            if not (run.response or {}).get("store", True):
+                continue
+            if (run.response or {}).get("conversation"):
+                await forget(session, run)
+            else:
+                await threads.delete(session, runtime, run.thread_id)
+            dropped += 1
+    return dropped
