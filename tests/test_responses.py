@@ -17,6 +17,7 @@ import pytest
 
 from conftest import make_client
 from deployments import Deployment
+from responses_support import check_events, read_events
 from runs_support import POLL_MS, marker, requests_with
 from scripted_llm import ScriptedLLM
 
@@ -481,6 +482,23 @@ def test_input_tokens(client: openai.OpenAI) -> None:
         [{"type": "code_interpreter", "container": "cntr_abc"}],
         [{"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "4g"}}],
         [{"type": "file_search", "vector_store_ids": [], "filters": {"type": "eq"}}],
+        [
+            {
+                "type": "namespace",
+                "name": "x",
+                "description": "d",
+                "tools": [{"type": "custom", "name": "c"}],
+            }
+        ],
+        [{"type": "namespace", "name": "x", "description": "d", "tools": []}],
+        [
+            {
+                "type": "namespace",
+                "name": "a.b",
+                "description": "d",
+                "tools": [{"type": "function", "name": "f"}],
+            }
+        ],
     ],
 )
 def test_tools_refused(http: httpx.Client, tools: list[Any]) -> None:
@@ -559,3 +577,82 @@ def test_stored_responses_are_kept_for_the_retention(deploy: Any) -> None:
     items = client.conversations.items.list(conversation.id, order="asc").data
     assert [getattr(i, "role", None) for i in items] == ["user", "assistant"]
     client.close()
+
+
+CRM = {
+    "type": "namespace",
+    "name": "crm",
+    "description": "Customer records.",
+    "tools": [
+        {
+            "type": "function",
+            "name": "lookup",
+            "description": "Find a customer.",
+            "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+        }
+    ],
+}
+
+
+def test_namespace_tools_are_groups_of_functions(
+    client: openai.OpenAI, http: httpx.Client, scripted_llm: ScriptedLLM
+) -> None:
+    """Codex CLI's `namespace` tools: the model sees each function under its namespace's
+    name, and the calls come back named as the client gave them, with their namespace."""
+    word = marker()
+    first = client.responses.create(
+        model="scripted-model",
+        input=f'{word} [[call:crm__lookup {{"id": "7"}}]]',
+        tools=[CRM],  # type: ignore[list-item]
+    )
+    assert first.status == "completed", first.error
+    offered = requests_with(scripted_llm, word)[-1]["tools"]
+    assert [t["function"]["name"] for t in offered] == ["crm__lookup"]
+    assert "Customer records." in offered[0]["function"]["description"]
+    (call,) = first.output
+    assert call.type == "function_call"
+    assert (call.name, call.namespace) == ("lookup", "crm")
+    assert first.tools[0].type == "namespace"
+    second = client.responses.create(
+        model="scripted-model",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Ada"}],
+        tools=[CRM],  # type: ignore[list-item]
+    )
+    assert second.status == "completed", second.error
+    sent = requests_with(scripted_llm, word)[-1]["messages"]
+    assert sent[-2]["tool_calls"][0]["function"]["name"] == "crm__lookup"
+    # Stateless: the history sent back names the call with its namespace.
+    third = client.responses.create(
+        model="scripted-model",
+        input=[
+            {"role": "user", "content": f"{word} again"},
+            {
+                "type": "function_call",
+                "call_id": "call_x",
+                "name": "lookup",
+                "namespace": "crm",
+                "arguments": '{"id": "8"}',
+            },
+            {"type": "function_call_output", "call_id": "call_x", "output": "Grace"},
+        ],
+        tools=[CRM],  # type: ignore[list-item]
+    )
+    assert third.status == "completed", third.error
+    history = requests_with(scripted_llm, "Grace")[-1]["messages"]
+    assert history[-2]["tool_calls"][0]["function"]["name"] == "crm__lookup"
+    # Streamed, the call is named so too.
+    with http.stream(
+        "POST",
+        "/v1/responses",
+        json={
+            "model": "scripted-model",
+            "input": '[[call:crm__lookup {"id": "9"}]]',
+            "tools": [CRM],
+            "stream": True,
+        },
+    ) as answer:
+        events = check_events(read_events(answer))
+    done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert [e["name"] for e in done] == ["lookup"]
+    assert events[-1]["response"]["output"][0]["namespace"] == "crm"

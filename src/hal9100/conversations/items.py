@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hal9100.core import ids
 from hal9100.core.clock import now, ordinal
 from hal9100.core.errors import bad_request
-from hal9100.db.models import File, Item, Message, RunStep
+from hal9100.db.models import File, Item, Message, Run, RunStep
+from hal9100.responses.tools import namespaced
 from hal9100.tools import file_search
 
 # Item ids derived from a tool call's id (`call_<rest>`), by the call's type.
@@ -185,8 +186,13 @@ def _call_status(step: RunStep) -> str:
     return "incomplete"
 
 
-def step_items(step: RunStep, include: Collection[str] = ()) -> list[dict[str, Any]]:
-    """A `tool_calls` step's calls as items (function calls, then the outputs they have)."""
+def step_items(
+    step: RunStep,
+    include: Collection[str] = (),
+    namespaces: dict[str, tuple[str, str]] | None = None,
+) -> list[dict[str, Any]]:
+    """A `tool_calls` step's calls as items (function calls, then the outputs they have);
+    `namespaces`: the run's functions offered under a namespace (name -> namespace, name)."""
     if step.type != "tool_calls":
         return []
     calls: list[dict[str, Any]] = []
@@ -199,17 +205,18 @@ def step_items(step: RunStep, include: Collection[str] = ()) -> list[dict[str, A
         kind = call.get("type")
         if kind == "function":
             function = call.get("function") or {}
-            calls.append(
-                {
-                    "type": "function_call",
-                    "id": call_item_id(call_id, "function"),
-                    "call_id": call_id,
-                    "name": function.get("name", ""),
-                    "arguments": function.get("arguments", ""),
-                    # A function call is whole once the model made it, answered or not.
-                    "status": "completed" if status == "in_progress" else status,
-                }
-            )
+            made = {
+                "type": "function_call",
+                "id": call_item_id(call_id, "function"),
+                "call_id": call_id,
+                "name": function.get("name", ""),
+                "arguments": function.get("arguments", ""),
+                # A function call is whole once the model made it, answered or not.
+                "status": "completed" if status == "in_progress" else status,
+            }
+            if namespaces and made["name"] in namespaces:
+                made["namespace"], made["name"] = namespaces[made["name"]]
+            calls.append(made)
             if function.get("output") is not None:
                 outputs.append(
                     {
@@ -312,6 +319,10 @@ async def thread_entries(
         )
     ).all()
     hidden = {row.data.get("id") for row in rows if row.type == DELETED}
+    run_tools = await session.execute(
+        select(Run.id, Run.tools).where(Run.id.in_({step.run_id for step in steps}))
+    )
+    namespaces = {run_id: namespaced(tools) for run_id, tools in run_tools.tuples()}
     filenames = await filenames_of(session, list(messages))
     entries: list[Entry] = []
     for message in messages:
@@ -324,7 +335,8 @@ async def thread_entries(
         )
     for step in steps:
         place = _place(step.ordinal, step.created_at)
-        entries.extend(Entry(item, place, step) for item in step_items(step, include))
+        shown = step_items(step, include, namespaces.get(step.run_id))
+        entries.extend(Entry(item, place, step) for item in shown)
     for row in rows:
         if row.type != DELETED:
             entries.append(Entry(row.data, row.ordinal, row))
@@ -518,7 +530,7 @@ def _stored_item(item: dict[str, Any], kind: str, param: str) -> dict[str, Any]:
     """An item kept as given, rebuilt from the fields its type has (so that whatever else
     a client sent, the item reads back as OpenAI's shape)."""
     if kind == "function_call":
-        return {
+        call = {
             "type": kind,
             "id": ids.new_id("fc_"),
             "call_id": _text(item.get("call_id"), f"{param}.call_id"),
@@ -526,6 +538,9 @@ def _stored_item(item: dict[str, Any], kind: str, param: str) -> dict[str, Any]:
             "arguments": _text(item.get("arguments"), f"{param}.arguments"),
             "status": "completed",
         }
+        if item.get("namespace") is not None:
+            call["namespace"] = _text(item["namespace"], f"{param}.namespace")
+        return call
     if kind == "function_call_output":
         return {
             "type": kind,

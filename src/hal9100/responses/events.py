@@ -62,6 +62,7 @@ class Translator:
         filenames: Callable[[list[str]], Awaitable[dict[str, str]]],
         step_items: Callable[[str], Awaitable[list[dict[str, Any]]]],
         container_id: str,
+        namespaces: dict[str, tuple[str, str]] | None = None,
     ) -> None:
         # The response as it was created, and how to read it once ended.
         self.opening = opening
@@ -72,6 +73,8 @@ class Translator:
         self.step_items = step_items
         # code_interpreter's container: the response's thread, whose kernel it uses.
         self.container_id = container_id
+        # Functions offered under a namespace: the name the model calls -> (namespace, name).
+        self.namespaces = namespaces or {}
         self.sequence = 0
         self.next_output = 0
         self.message: _Message | None = None
@@ -79,6 +82,11 @@ class Translator:
         self.calls: dict[str, _Call] = {}
         self.by_id: dict[str, _Call] = {}
         self.ended = False
+
+    def _named(self, item: dict[str, Any]) -> dict[str, Any]:
+        if item["name"] in self.namespaces:
+            item["namespace"], item["name"] = self.namespaces[item["name"]]
+        return item
 
     def _emit(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"type": kind, **fields, "sequence_number": self.sequence}
@@ -273,14 +281,16 @@ class Translator:
                 )
                 self.by_id[call_id] = call
                 self.next_output += 1
-                item = {
-                    "type": "function_call",
-                    "id": call.item_id,
-                    "call_id": call_id,
-                    "name": call.name,
-                    "arguments": "",
-                    "status": "in_progress",
-                }
+                item = self._named(
+                    {
+                        "type": "function_call",
+                        "id": call.item_id,
+                        "call_id": call_id,
+                        "name": call.name,
+                        "arguments": "",
+                        "status": "in_progress",
+                    }
+                )
                 events.append(
                     self._emit(
                         "response.output_item.added", output_index=call.output_index, item=item
@@ -400,20 +410,22 @@ class Translator:
                 # Answered by the server (a call the model got wrong): not the client's.
                 continue
             arguments = str(function.get("arguments") or "".join(call.arguments))
-            item = {
-                "type": "function_call",
-                "id": call.item_id,
-                "call_id": call.call_id,
-                "name": call.name,
-                "arguments": arguments,
-                "status": "completed",
-            }
+            item = self._named(
+                {
+                    "type": "function_call",
+                    "id": call.item_id,
+                    "call_id": call.call_id,
+                    "name": call.name,
+                    "arguments": arguments,
+                    "status": "completed",
+                }
+            )
             events.append(
                 self._emit(
                     "response.function_call_arguments.done",
                     item_id=call.item_id,
                     output_index=call.output_index,
-                    name=call.name,
+                    name=item["name"],
                     arguments=arguments,
                 )
             )

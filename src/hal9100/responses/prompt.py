@@ -25,6 +25,7 @@ from hal9100.llm.base import (
     TextPart,
     ToolCall,
 )
+from hal9100.responses.tools import offered_name
 from hal9100.runs.prompt import (
     DEFAULT_COMPLETION_RESERVE,
     _replayed,
@@ -138,9 +139,10 @@ def chat_messages(entries: list[Entry], images: dict[str, str]) -> list[ChatMess
             call_id = str(item.get("call_id"))
             if call_id in answered and call_id not in emitted:
                 emitted.add(call_id)
-                pending.append(
-                    ToolCall(call_id, str(item.get("name")), _arguments(str(item.get("arguments"))))
-                )
+                name = str(item.get("name"))
+                if isinstance(item.get("namespace"), str):
+                    name = offered_name(item["namespace"], name)
+                pending.append(ToolCall(call_id, name, _arguments(str(item.get("arguments")))))
                 outputs.append((call_id, answered[call_id]))
             continue
         if kind == "function_call_output":

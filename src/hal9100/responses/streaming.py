@@ -24,6 +24,7 @@ from hal9100.db.models import Run, RunStep
 from hal9100.responses import objects
 from hal9100.responses.events import ENDS, Translator
 from hal9100.responses.service import forget, wait_done
+from hal9100.responses.tools import namespaced
 from hal9100.runs.streaming import follow, sse_response
 from hal9100.runtime import Runtime
 
@@ -100,9 +101,11 @@ def stream(
             step = await session.scalar(select(RunStep).where(RunStep.id == step_id))
             settings = await session.scalar(select(Run.response).where(Run.id == response_id))
         shown = set((settings or {}).get("include") or [])
-        return items_.step_items(step, shown) if step is not None else []
+        return items_.step_items(step, shown, namespaced(first["tools"])) if step else []
 
-    translator = Translator(first, final, filenames, step_items, thread_id)
+    translator = Translator(
+        first, final, filenames, step_items, thread_id, namespaced(first["tools"])
+    )
 
     def frames_of(events: list[dict[str, Any]]) -> bytes:
         out = []

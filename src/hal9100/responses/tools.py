@@ -96,6 +96,90 @@ def _checked(model: type[M], tool: dict[str, Any], param: str) -> M:
         raise bad_request(f"Invalid '{at}': {error['msg']}.", at) from exc
 
 
+def namespaced(tools: list[Any] | None) -> dict[str, tuple[str, str]]:
+    """The functions offered under a namespace: the name the model calls -> (namespace,
+    name), from a run's tools or a response's tools as given."""
+    found: dict[str, tuple[str, str]] = {}
+    for tool in tools or []:
+        if not isinstance(tool, dict):
+            continue
+        if tool.get("type") == "function" and isinstance(tool.get("namespace"), str):
+            function = tool.get("function") or {}
+            found[str(function.get("name"))] = (tool["namespace"], str(tool.get("local_name")))
+        elif tool.get("type") == "namespace":
+            for inner in tool.get("tools") or []:
+                if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+                    found[offered_name(str(tool["name"]), inner["name"])] = (
+                        str(tool["name"]),
+                        inner["name"],
+                    )
+    return found
+
+
+def offered_name(namespace: str, name: str) -> str:
+    """A namespace's function as the model sees it (a function name has no room for more
+    than letters, digits, `_` and `-`)."""
+    return f"{namespace}__{name}"
+
+
+def _namespace(
+    tool: dict[str, Any], param: str, names: set[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    namespace = tool.get("name")
+    if not isinstance(namespace, str) or not _NAME.match(namespace):
+        raise bad_request(
+            f"Invalid '{param}.name': a namespace is 1 to 64 letters, digits, '_' or '-'.",
+            f"{param}.name",
+        )
+    description = tool.get("description")
+    if not isinstance(description, str):
+        raise bad_request(
+            f"Invalid type for '{param}.description': expected a string.", f"{param}.description"
+        )
+    inner = tool.get("tools")
+    if not isinstance(inner, list) or not inner:
+        raise bad_request(f"Invalid '{param}.tools': expected a non-empty array.", f"{param}.tools")
+    offered: list[dict[str, Any]] = []
+    shown: list[dict[str, Any]] = []
+    for index, function in enumerate(inner):
+        where = f"{param}.tools[{index}]"
+        if not isinstance(function, dict) or function.get("type") != "function":
+            raise bad_request(
+                f"Invalid value for '{where}.type': a namespace holds function tools on this "
+                "server.",
+                f"{where}.type",
+            )
+        converted = _function(function, where)
+        local = converted["function"]["name"]
+        name = offered_name(namespace, local)
+        if len(name) > 64:
+            raise bad_request(
+                f"Invalid '{where}.name': '{name}' (the namespace and the name) is longer "
+                "than 64 characters.",
+                f"{where}.name",
+            )
+        if name in names:
+            raise bad_request(f"Duplicate function name '{name}' in tools.", f"{where}.name")
+        names.add(name)
+        described = converted["function"].get("description")
+        converted["function"]["name"] = name
+        converted["function"]["description"] = (
+            f"{description} {described}".strip() if described else description
+        )
+        offered.append({**converted, "namespace": namespace, "local_name": local})
+        shown.append(
+            {
+                "type": "function",
+                "name": local,
+                "description": described,
+                "parameters": converted["function"].get("parameters"),
+                "strict": converted["function"].get("strict", True),
+            }
+        )
+    given = {"type": "namespace", "name": namespace, "description": description, "tools": shown}
+    return given, offered
+
+
 def run_tools(tools: list[Any] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(the tools as given, to echo; the tools the run offers the model)."""
     given: list[dict[str, Any]] = []
@@ -123,6 +207,10 @@ def run_tools(tools: list[Any] | None) -> tuple[list[dict[str, Any]], list[dict[
                     "strict": converted["function"].get("strict", True),
                 }
             )
+        elif kind == "namespace":
+            group, functions = _namespace(tool, param, names)
+            given.append(group)
+            offered.extend(functions)
         elif kind in ("file_search", "code_interpreter") and kind in builtins:
             raise bad_request(f"Only one '{kind}' tool may be given.", f"{param}.type")
         elif kind == "file_search":
