@@ -148,6 +148,35 @@ async def through_hal(client: httpx.AsyncClient, assistant_id: str, thread_id: s
     return _stream(started, times, outcome)
 
 
+async def through_responses(client: httpx.AsyncClient, text: str) -> Stream:
+    """A streamed `POST /v1/responses`: the first token is the first non-empty
+    `response.output_text.delta`."""
+    times: list[float] = []
+    outcome = "no final event"
+    started = time.perf_counter()
+    async with client.stream(
+        "POST",
+        "/v1/responses",
+        json={"model": "bench-model", "input": text, "instructions": "Benchmark.", "stream": True},
+    ) as response:
+        if response.status_code != 200:
+            await response.aread()
+            raise RuntimeError(f"create response: {response.status_code} {response.text[:300]}")
+        event = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                if event == "response.output_text.delta":
+                    if json.loads(line[6:])["delta"]:
+                        times.append(time.perf_counter())
+                elif event == "response.completed":
+                    outcome = FINAL_OK  # the same outcome, for the tally
+                elif event in ("response.failed", "response.incomplete", "error"):
+                    outcome = event
+    return _stream(started, times, outcome)
+
+
 async def direct(client: httpx.AsyncClient, text: str) -> Stream:
     times: list[float] = []
     outcome = "no [DONE]"
@@ -223,6 +252,7 @@ async def measure(
     text: str,
     tokens: int,
     warmup: int,
+    api: str = "assistants",
 ) -> tuple[Batch, Batch]:
     limits = httpx.Limits(max_connections=concurrency + 32, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(120)
@@ -245,10 +275,13 @@ async def measure(
             plan.append((min(wave, left), True))
             left -= wave
         for size, counted in plan:
-            threads = await create_threads(hal, text, size)
-            through = await batch(
-                concurrency, size, lambda i, t=threads: through_hal(hal, assistant_id, t[i])
-            )
+            if api == "responses":
+                through = await batch(concurrency, size, lambda i: through_responses(hal, text))
+            else:
+                threads = await create_threads(hal, text, size)
+                through = await batch(
+                    concurrency, size, lambda i, t=threads: through_hal(hal, assistant_id, t[i])
+                )
             straight = await batch(concurrency, size, lambda i: direct(llm, text))
             if counted:
                 hal_all.streams += through.streams
@@ -285,6 +318,12 @@ def main() -> None:
     )
     parser.add_argument("--tokens", type=int, default=50, help="chunks in each answer")
     parser.add_argument(
+        "--api",
+        choices=["assistants", "responses"],
+        default="assistants",
+        help="stream an Assistants run (POST /threads/{id}/runs) or a response (POST /responses)",
+    )
+    parser.add_argument(
         "--slow", type=int, default=0, help="milliseconds the LLM waits between chunks"
     )
     args = parser.parse_args()
@@ -302,7 +341,16 @@ def main() -> None:
         for concurrency, count in zip(args.concurrency, counts, strict=True):
             warmup = min(count, max(20, concurrency))
             hal, straight = asyncio.run(
-                measure(deployment.url, llm.url, concurrency, count, text, args.tokens, warmup)
+                measure(
+                    deployment.url,
+                    llm.url,
+                    concurrency,
+                    count,
+                    text,
+                    args.tokens,
+                    warmup,
+                    args.api,
+                )
             )
             for name, measured in (("direct", straight), ("HAL-9100", hal)):
                 rows.append(
