@@ -6,6 +6,8 @@ stream helper; a function call streamed; and a stream cut off and resumed with
 from __future__ import annotations
 
 import json
+import time
+from typing import Any
 
 import httpx
 import openai
@@ -138,3 +140,23 @@ def test_a_streamed_response_that_is_not_stored(client: openai.OpenAI, store: bo
     assert events[-1]["type"] == "response.completed"
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(events[0]["response"]["id"])
+
+
+def test_a_replay_after_the_bus_let_go_is_numbered_alike(deploy: Any) -> None:
+    """The bus keeps a run's log a while only (here: embedded mode's, shortened); the log a
+    stream followed to the end is kept, and a replay after the bus dropped it is the same
+    stream."""
+    deployment = deploy(HAL9100_EVENT_RETAIN_SECONDS="0.5")
+    with httpx.Client(base_url=deployment.url, timeout=30) as http:
+        body = {"model": "scripted-model", "input": "[[tokens:12]]", "stream": True}
+        with http.stream("POST", "/v1/responses", json=body) as answer:
+            live = read_events(answer)
+        response_id = live[0]["response"]["id"]
+        time.sleep(2)  # the bus's copy is gone by now
+        with http.stream(
+            "GET", f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": 5}
+        ) as answer:
+            rest = read_events(answer)
+    assert [(e["type"], e["sequence_number"]) for e in rest] == [
+        (e["type"], e["sequence_number"]) for e in live[6:]
+    ]

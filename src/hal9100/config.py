@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     response_retention_days: float = Field(
         default=30.0, ge=0, validation_alias="HAL9100_RESPONSE_RETENTION_DAYS"
     )
+    # How long a run's events stay on the event bus after their last use, for late and
+    # resuming readers (unset: an hour on Redis, a minute in embedded mode's memory).
+    event_retain_seconds: float | None = Field(
+        default=None, gt=0, validation_alias="HAL9100_EVENT_RETAIN_SECONDS"
+    )
     # How often expired runs and runs with lapsed leases are looked for.
     sweep_seconds: float = Field(default=5.0, validation_alias="HAL9100_SWEEP_SECONDS")
     # Whether this API process also executes runs. Unset: yes in embedded mode (no REDIS_URL),

@@ -179,10 +179,14 @@ def make_bus(settings: Settings) -> EventBus:
     if settings.redis_url:
         from hal9100.events.redis import RedisEventBus
 
-        return RedisEventBus(settings.redis_url, prefix=settings.redis_prefix)
+        return RedisEventBus(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            retain_seconds=settings.event_retain_seconds or 3600,
+        )
     from hal9100.events.memory import MemoryEventBus
 
-    return MemoryEventBus()
+    return MemoryEventBus(retain_seconds=settings.event_retain_seconds or 60)
 
 
 def make_queue(settings: Settings) -> TaskQueue:

@@ -240,6 +240,19 @@ class RunStep(Base):
     ordinal: Mapped[int | None] = mapped_column(BigInteger, default=ordinal)
 
 
+class ResponseEvents(Base):
+    """The event log of a response that has ended, as a stream that followed it to the end
+    read it: its replay (`stream=true&starting_after=N`) is numbered alike once the event
+    bus no longer holds it. Pairs of [event name, JSON data]."""
+
+    __tablename__ = "response_events"
+
+    run_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    events: Mapped[list[Any]] = mapped_column(JsonType)
+
+
 class Item(Base):
     """A conversation item that is neither a message of the thread nor a tool call of one
     of its runs (those are items too, shown from their own tables): a function call output

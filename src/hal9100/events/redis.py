@@ -78,9 +78,12 @@ BLOCK_MS = 5000
 class RedisEventBus:
     START = "0-0"
 
-    def __init__(self, url: str, prefix: str = "hal9100") -> None:
+    def __init__(
+        self, url: str, prefix: str = "hal9100", retain_seconds: float = RETAIN_SECONDS
+    ) -> None:
         self.redis = redis.Redis.from_url(url)
         self.prefix = prefix
+        self.retain_seconds = max(1, int(retain_seconds))
         self._cancel_channel = f"{prefix}:cancel"
         self._cancel_waiters: dict[str, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -99,7 +102,7 @@ class RedisEventBus:
                     maxlen=MAX_EVENTS_PER_RUN,
                     approximate=True,
                 )
-                pipe.expire(key, RETAIN_SECONDS)
+                pipe.expire(key, self.retain_seconds)
                 await pipe.execute()
 
         try:
@@ -143,7 +146,7 @@ class RedisEventBus:
 
     async def request_cancel(self, run_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(f"{self.prefix}:run:{run_id}:cancel", 1, ex=RETAIN_SECONDS)
+            pipe.set(f"{self.prefix}:run:{run_id}:cancel", 1, ex=self.retain_seconds)
             pipe.publish(self._cancel_channel, run_id)
             await pipe.execute()
 

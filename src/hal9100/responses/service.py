@@ -30,6 +30,7 @@ from hal9100.db.models import (
     File,
     Item,
     Message,
+    ResponseEvents,
     Run,
     RunStatus,
     RunStep,
@@ -397,9 +398,11 @@ async def forget(session: AsyncSession, run: Run) -> None:
     the thread is a conversation, which keeps what the response added)."""
     if (run.response or {}).get("conversation"):
         run.response = {**(run.response or {}), "store": False}
+        await session.execute(sql_delete(ResponseEvents).where(ResponseEvents.run_id == run.id))
         await session.commit()
         return
     thread_id = run.thread_id
+    await session.execute(sql_delete(ResponseEvents).where(ResponseEvents.run_id == run.id))
     await session.execute(sql_delete(RunStep).where(RunStep.run_id == run.id))
     await session.execute(sql_delete(Run).where(Run.id == run.id))
     await session.execute(sql_delete(Message).where(Message.thread_id == thread_id))

@@ -2,25 +2,28 @@
 translated (`responses.events`), so any process streams any response, live or ended, and a
 client that lost its connection resumes after the last `sequence_number` it saw.
 
-A finished response whose log the bus no longer holds (embedded mode keeps a log a minute
-after its last reader, Redis an hour) still streams: the run's end, read from the database,
-closes it with the whole response."""
+The bus keeps a run's log a while (a minute after its last reader in embedded mode, an hour
+with Redis); a stream that followed a response to its end keeps its log in the database, so
+later replays read the same log. A finished response whose log was kept by neither still
+streams: the run's end, read from the database, closes it with the whole response."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.conversations import items as items_
 from hal9100.conversations.items import filenames_of_files
-from hal9100.db.models import Run, RunStep
+from hal9100.db.models import ResponseEvents, Run, RunStep
+from hal9100.events.base import RunEvent
 from hal9100.responses import objects
 from hal9100.responses.events import ENDS, Translator
 from hal9100.responses.service import forget, wait_done
@@ -53,6 +56,32 @@ async def _forget_when_done(runtime: Runtime, response_id: str) -> None:
         await _forget(runtime, response_id)
     except Exception:
         log.exception("response %s: forgetting it failed", response_id)
+
+
+async def _replay(saved: list[RunEvent]) -> AsyncGenerator[list[RunEvent], None]:
+    yield saved
+
+
+async def saved_log(runtime: Runtime, response_id: str) -> list[RunEvent] | None:
+    async with runtime.sessions() as session:
+        events = await session.scalar(
+            select(ResponseEvents.events).where(ResponseEvents.run_id == response_id)
+        )
+    return None if events is None else [RunEvent(name, data) for name, data in events]
+
+
+async def save_log(runtime: Runtime, response_id: str, events: list[RunEvent]) -> None:
+    """Keep the log a reader followed to the response's end, for replays once the event
+    bus has let it go (the first reader's stays: later ones read the same log, or less of
+    it)."""
+    try:
+        async with runtime.sessions() as session:
+            session.add(
+                ResponseEvents(run_id=response_id, events=[[e.event, e.data] for e in events])
+            )
+            await session.commit()
+    except IntegrityError:
+        pass  # kept already (or the response is gone)
 
 
 def _sse(event: dict[str, Any]) -> bytes:
@@ -122,9 +151,14 @@ def stream(
         head = frames_of(translator.start())
         if head:
             yield head
-        events = follow(runtime, response_id, runtime.bus.START)
+        saved = await saved_log(runtime, response_id)
+        events = (
+            _replay(saved) if saved is not None else follow(runtime, response_id, runtime.bus.START)
+        )
+        seen: list[RunEvent] = []
         try:
             async for batch in events:
+                seen.extend(batch)
                 out: list[dict[str, Any]] = []
                 for item in batch:
                     out.extend(await translator.feed(item))
@@ -135,6 +169,8 @@ def stream(
                     break
         finally:
             await events.aclose()
+            if translator.ended and saved is None and first["store"]:
+                await save_log(runtime, response_id, seen)
             if not first["store"]:
                 # Not to be stored: gone once it ended (also when its client left first).
                 if translator.ended:

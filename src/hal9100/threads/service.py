@@ -13,7 +13,15 @@ from hal9100.core import ids
 from hal9100.core.clock import now
 from hal9100.core.resources import check_tool_resources
 from hal9100.core.schemas import DeletedObject
-from hal9100.db.models import ACTIVE_RUN_STATUSES, Item, Message, Run, RunStep, Thread
+from hal9100.db.models import (
+    ACTIVE_RUN_STATUSES,
+    Item,
+    Message,
+    ResponseEvents,
+    Run,
+    RunStep,
+    Thread,
+)
 from hal9100.events.base import run_gone_event
 from hal9100.messages.service import build_message
 from hal9100.runtime import Runtime
@@ -97,6 +105,11 @@ async def delete(session: AsyncSession, runtime: Runtime, thread_id: str) -> Del
     # Explicit deletes rather than trusting ON DELETE CASCADE: an SQLite connection opened
     # without foreign_keys=ON would silently keep the children.
     await session.execute(sql_delete(RunStep).where(RunStep.thread_id == thread_id))
+    await session.execute(
+        sql_delete(ResponseEvents).where(
+            ResponseEvents.run_id.in_(select(Run.id).where(Run.thread_id == thread_id))
+        )
+    )
     # The active runs come from the delete itself, so a run started meanwhile is not missed.
     runs = await session.execute(
         sql_delete(Run).where(Run.thread_id == thread_id).returning(Run.id, Run.status)

@@ -1,7 +1,8 @@
 """conversations and responses: a thread is also a conversation; its messages and run steps
 get an `ordinal` (their order among its items across tables), messages keep the content a
-Responses-style request gave, `items` holds the items that are neither, and a run that is a
-response keeps what its request set in `response`
+Responses-style request gave, `items` holds the items that are neither, a run that is a
+response keeps what its request set in `response`, and `response_events` the event log of
+a response that ended
 
 Revision ID: 0008
 Revises: 0007
@@ -52,9 +53,22 @@ def upgrade() -> None:
         sa.UniqueConstraint("id", name=op.f("uq_items_id")),
     )
     op.create_index("ix_items_thread_order", "items", ["thread_id", "ordinal"])
+    op.create_table(
+        "response_events",
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("events", JSON, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["run_id"],
+            ["runs.id"],
+            name=op.f("fk_response_events_run_id_runs"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("run_id", name=op.f("pk_response_events")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("response_events")
     op.drop_table("items")
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_column("response")
