@@ -454,3 +454,31 @@ def test_file_search_through_responses(sdk: openai.OpenAI, scripted_llm: Scripte
             tools=[{"type": "file_search", "vector_store_ids": ["vs_missing"]}],
         )
     assert other
+
+
+def test_max_tool_calls_bounds_the_searches_of_a_response(
+    sdk: openai.OpenAI, scripted_llm: ScriptedLLM
+) -> None:
+    """`max_tool_calls: 1`: of two searches in one turn, one runs; the model is told the
+    other was not, and the response shows the one it made."""
+    word = marker()
+    store, _ = _store(sdk, {"notes.txt": f"Zorblax {word} exports blue cheese."})
+    response = sdk.responses.create(
+        model="gpt-4o",
+        input=(
+            f'[[call:file_search {{"query": "Zorblax {word}"}}]] '
+            f'[[call:file_search {{"query": "cheese {word}"}}]] [[reply@1:Done.]]'
+        ),
+        tools=[{"type": "file_search", "vector_store_ids": [store]}],
+        max_tool_calls=1,
+    )
+    assert response.status == "completed", response.error
+    assert response.max_tool_calls == 1
+    assert [item.type for item in response.output] == ["file_search_call", "message"]
+    said = [
+        m
+        for m in requests_with(scripted_llm, f"cheese {word}")[-1]["messages"]
+        if m["role"] == "tool"
+    ]
+    assert len(said) == 2
+    assert sum("max_tool_calls" in m["content"] for m in said) == 1

@@ -505,10 +505,20 @@ class _Job:
         tools = await self.tools(run)
         todo: list[tuple[Call, ServerTool]] = []
         risky = False
+        allowed = await self._calls_allowed(run)
         for call in calls:
             if call.kind != "server" or call.state == "done":
                 continue
             tool = tools.server.get(call.name)
+            if allowed is not None and tool is not None and tool.type != "action":
+                if allowed <= 0:
+                    output = (
+                        f"Error: not run: this response may make at most {self.rec.server_call_limit(run)} "
+                        "built-in tool calls (max_tool_calls). Answer with what you have."
+                    )
+                    await self._call_done(call, _error(call, output), calls)
+                    continue
+                allowed -= 1
             if tool is None:
                 # The run's tools no longer offer it (the server was upgraded between the
                 # turn and now): the model hears so, and goes on.
@@ -544,6 +554,15 @@ class _Job:
         if any(c.kind == "server" for c in calls):
             self.server_rounds += 1
         return await self._calls_answered(calls)
+
+    async def _calls_allowed(self, run: Run) -> int | None:
+        """How many more built-in tool calls the run may make, if its API limits them."""
+        limit = self.rec.server_call_limit(run)
+        if limit is None:
+            return None
+        async with self.x.sessions() as session:
+            made = await self.rec.server_calls_made(session, run)
+        return limit - made
 
     async def _call(self, run: Run, call: Call, tool: ServerTool) -> ToolOutput:
         async with self.parallel_calls:

@@ -98,6 +98,16 @@ class Recorder(Protocol):
     # `requires_action`, then submit_tool_outputs).
     client_calls_end_run: bool
 
+    def server_call_limit(self, run: Run) -> int | None:
+        """How many built-in tool calls (file_search, code_interpreter) the run may make in
+        all (a response's `max_tool_calls`); None for no limit. Calls past it are answered
+        without being run."""
+        ...
+
+    async def server_calls_made(self, session: AsyncSession, run: Run) -> int:
+        """The built-in tool calls the run made in its earlier turns."""
+        ...
+
     async def prompt(
         self,
         session: AsyncSession,

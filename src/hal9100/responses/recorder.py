@@ -54,6 +54,10 @@ async def context(session: AsyncSession, run: Run) -> list[Entry]:
 class ResponsesRecorder(AssistantsRecorder):
     client_calls_end_run = True
 
+    def server_call_limit(self, run: Run) -> int | None:
+        limit = (run.response or {}).get("max_tool_calls")
+        return int(limit) if isinstance(limit, int) else None
+
     async def prompt(
         self,
         session: AsyncSession,

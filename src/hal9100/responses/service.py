@@ -227,12 +227,6 @@ async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) 
         given_tools = _assistant_tools(assistant)
     echoed_tools, run_tools = tools.run_tools(given_tools)
     await _check_tool_objects(session, run_tools)
-    if body.max_tool_calls is not None and any(t["type"] != "function" for t in run_tools):
-        raise bad_request(
-            "'max_tool_calls' with built-in tools (file_search, code_interpreter) is not "
-            "supported by this server yet.",
-            "max_tool_calls",
-        )
     echoed_choice, run_choice = tools.run_tool_choice(body.tool_choice, run_tools)
     text, response_format = _format(body)
     if response_format is None and assistant is not None and body.text is None:

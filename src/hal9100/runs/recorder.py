@@ -117,6 +117,25 @@ def _tool_call(call: Call) -> dict[str, Any]:
 class AssistantsRecorder:
     client_calls_end_run = False
 
+    def server_call_limit(self, run: Run) -> int | None:
+        return None
+
+    async def server_calls_made(self, session: AsyncSession, run: Run) -> int:
+        details = await session.scalars(
+            select(RunStep.step_details).where(
+                RunStep.run_id == run.id,
+                RunStep.type == "tool_calls",
+                RunStep.status == "completed",
+            )
+        )
+        return sum(
+            1
+            for step in details
+            for call in step.get("tool_calls") or []
+            if isinstance(call, dict)
+            and call.get("type") in (file_search.NAME, code_interpreter.NAME)
+        )
+
     def __init__(self, execution: Execution, storage: ObjectStorage) -> None:
         self.x = execution
         self.storage = storage
