@@ -656,3 +656,49 @@ def test_namespace_tools_are_groups_of_functions(
     done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
     assert [e["name"] for e in done] == ["lookup"]
     assert events[-1]["response"]["output"][0]["namespace"] == "crm"
+
+
+def test_compact_then_go_on_from_the_compaction(
+    client: openai.OpenAI, server: Deployment, scripted_llm: ScriptedLLM
+) -> None:
+    """The compacted output is the user messages and one compaction item, as the spec has
+    it (the SDK types it as output items, which a user message is not: its answers are
+    read without the SDK's strict types here, still checked against the spec)."""
+    lenient = make_client(server.urls, strict=False)
+    word = marker()
+    first = client.responses.create(
+        model="scripted-model", input=f"{word} one [[reply:The answer is 42.]]"
+    )
+    compacted = lenient.responses.compact(
+        model="scripted-model", previous_response_id=first.id, input=f"{word} two"
+    )
+    assert compacted.object == "response.compaction"
+    kinds = [item.type for item in compacted.output]
+    assert kinds == ["message", "message", "compaction"]
+    assert [item.content[0].text for item in compacted.output[:2]] == [  # type: ignore[union-attr]
+        f"{word} one [[reply:The answer is 42.]]",
+        f"{word} two",
+    ]
+    asked = requests_with(scripted_llm, word)[-1]["messages"]
+    assert asked[-1]["role"] == "user" and "Compact the conversation" in asked[-1]["content"]
+    assert [m["role"] for m in asked[:-1]] == ["user", "assistant", "user"]
+    assert compacted.usage.total_tokens > 0
+    # The compaction is the next request's context.
+    go_on = client.responses.create(
+        model="scripted-model",
+        input=[
+            *[i.model_dump(exclude_none=True, warnings=False) for i in compacted.output],
+            {"role": "user", "content": f"{word} three"},
+        ],  # type: ignore[list-item]
+    )
+    assert go_on.status == "completed", go_on.error
+    sent = requests_with(scripted_llm, f"{word} three")[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "user", "user", "user"]
+    assert sent[2]["content"].startswith("[Summary of the conversation so far]")
+    # A compaction this server did not make is refused.
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(
+            model="scripted-model",
+            input=[{"type": "compaction", "encrypted_content": "not ours"}],  # type: ignore[list-item]
+        )
+    lenient.close()

@@ -15,6 +15,7 @@ string, items carrying the ids and statuses an earlier response gave them.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ _CALL_ITEM_PREFIX = {
 }
 # Input item types a conversation keeps as they are given (besides messages).
 STORED_TYPES = {
+    "compaction",
     "function_call",
     "function_call_output",
     "reasoning",
@@ -526,9 +528,39 @@ def _output(value: Any, param: str) -> str | list[dict[str, Any]]:
     return parts
 
 
+def compaction_item(summary: str) -> dict[str, Any]:
+    """What `/responses/compact` makes of the context it compacted: the summary, carried by
+    the client in `encrypted_content` (encoded, not encrypted: the client keeps its own
+    context)."""
+    packed = json.dumps({"v": 1, "summary": summary}, ensure_ascii=False).encode()
+    return {
+        "type": "compaction",
+        "id": ids.new_id("cmp_"),
+        "encrypted_content": base64.urlsafe_b64encode(packed).decode(),
+    }
+
+
+def compaction_summary(content: str) -> str | None:
+    """The summary a compaction item of this server holds, or None."""
+    try:
+        packed = json.loads(base64.urlsafe_b64decode(content.encode()))
+    except (ValueError, TypeError):
+        return None
+    summary = packed.get("summary") if isinstance(packed, dict) else None
+    return summary if isinstance(summary, str) else None
+
+
 def _stored_item(item: dict[str, Any], kind: str, param: str) -> dict[str, Any]:
     """An item kept as given, rebuilt from the fields its type has (so that whatever else
     a client sent, the item reads back as OpenAI's shape)."""
+    if kind == "compaction":
+        content = _text(item.get("encrypted_content"), f"{param}.encrypted_content")
+        if compaction_summary(content) is None:
+            raise bad_request(
+                f"Invalid '{param}.encrypted_content': not a compaction this server made.",
+                f"{param}.encrypted_content",
+            )
+        return {"type": kind, "id": ids.new_id("cmp_"), "encrypted_content": content}
     if kind == "function_call":
         call = {
             "type": kind,

@@ -10,7 +10,7 @@ from hal9100.core.deps import RuntimeDep, SessionDep
 from hal9100.core.errors import bad_request
 from hal9100.core.pagination import ListParams
 from hal9100.responses import objects, service, streaming
-from hal9100.responses.schemas import ResponseCreate, TokenCount
+from hal9100.responses.schemas import CompactRequest, ResponseCreate, TokenCount
 
 router = APIRouter(prefix="/responses", tags=["responses"])
 
@@ -27,6 +27,11 @@ async def create_response(body: ResponseCreate, session: SessionDep, runtime: Ru
     if not answer["store"]:
         await service.forget(session, done)
     return answer
+
+
+@router.post("/compact")
+async def compact_response(body: CompactRequest, session: SessionDep, runtime: RuntimeDep) -> Any:
+    return await service.compact(session, runtime, body)
 
 
 @router.post("/input_tokens")

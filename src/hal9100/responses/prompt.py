@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from hal9100.conversations.items import Entry
+from hal9100.conversations.items import Entry, compaction_summary
 from hal9100.db.models import Message, Run, RunStep
 from hal9100.engine.recorder import Prompt
 from hal9100.llm.base import (
@@ -150,6 +150,13 @@ def chat_messages(entries: list[Entry], images: dict[str, str]) -> list[ChatMess
         if kind == "message":
             flush()
             out.append(_message(item, images))
+        elif kind == "compaction":
+            summary = compaction_summary(str(item.get("encrypted_content") or ""))
+            if summary is not None:
+                flush()
+                # A user turn, not a system one: many chat templates take a system
+                # message only first.
+                out.append(ChatMessage("user", f"[Summary of the conversation so far]\n{summary}"))
         # Reasoning items and hosted tool calls of other servers carry nothing this model
         # can read back.
     flush()

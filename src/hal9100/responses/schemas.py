@@ -121,3 +121,16 @@ class TokenCount(RequestModel):
     text: TextParam | None = None
     reasoning: Reasoning | None = None
     truncation: Literal["auto", "disabled"] | None = None
+
+
+class CompactRequest(RequestModel):
+    """`POST /responses/compact`."""
+
+    model: str
+    input: str | list[Any] | None = None
+    previous_response_id: str | None = None
+    instructions: str | None = None
+    # Kept by OpenAI's prompt cache; nothing to apply on a model server.
+    prompt_cache_key: Annotated[str, Field(max_length=64)] | None = None
+    prompt_cache_retention: Literal["in_memory", "24h", "in-memory"] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None

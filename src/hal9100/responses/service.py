@@ -25,6 +25,7 @@ from hal9100.core import ids
 from hal9100.core.clock import now
 from hal9100.core.errors import APIError, bad_request, not_found
 from hal9100.core.pagination import ListParams
+from hal9100.core.text import storable
 from hal9100.db.models import (
     Assistant,
     File,
@@ -40,14 +41,22 @@ from hal9100.db.models import (
 from hal9100.engine.state import TERMINAL
 from hal9100.events.base import TERMINAL_EVENTS
 from hal9100.ingestion.chunking import count_tokens
-from hal9100.llm.base import ChatMessage, TextPart
+from hal9100.llm.base import (
+    ChatMessage,
+    ChatRequest,
+    LLMError,
+    TextDelta,
+    TextPart,
+    Usage,
+    estimate_tokens,
+)
 from hal9100.queue.base import EXECUTE_RUN
 from hal9100.responses import objects, tools
 from hal9100.responses import prompt as prompt_
 from hal9100.responses.recorder import context
-from hal9100.responses.schemas import ResponseCreate, TokenCount
+from hal9100.responses.schemas import CompactRequest, ResponseCreate, TokenCount
 from hal9100.runs import service as runs
-from hal9100.runs.prompt import IMAGE_TOKENS
+from hal9100.runs.prompt import IMAGE_TOKENS, prompt_tokens
 from hal9100.runtime import Runtime
 from hal9100.threads import service as threads
 
@@ -248,14 +257,7 @@ async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) 
         thread = Thread(id=ids.thread_id(), created_at=now(), metadata_={})
         session.add(thread)
     if body.previous_response_id is not None:
-        try:
-            previous = await stored(session, body.previous_response_id)
-        except APIError as exc:
-            raise bad_request(
-                f"Previous response with id '{body.previous_response_id}' not found.",
-                "previous_response_id",
-                "previous_response_not_found",
-            ) from exc
+        previous = await _previous(session, body.previous_response_id)
         if previous.status not in TERMINAL:
             raise bad_request(
                 f"Previous response {previous.id} is still {objects.status_of(previous)}: "
@@ -483,14 +485,7 @@ async def input_tokens(session: AsyncSession, body: TokenCount) -> dict[str, Any
         if found is None:
             raise not_found("conversation", conversation_id, "conversation")
     if body.previous_response_id is not None:
-        try:
-            await stored(session, body.previous_response_id)
-        except APIError as exc:
-            raise bad_request(
-                f"Previous response with id '{body.previous_response_id}' not found.",
-                "previous_response_id",
-                "previous_response_not_found",
-            ) from exc
+        await _previous(session, body.previous_response_id)
     _, run_tools = tools.run_tools(body.tools)
     probe = Run(
         id="",
@@ -559,3 +554,91 @@ async def drop_expired(runtime: Runtime) -> int:
                 await threads.delete(session, runtime, run.thread_id)
             dropped += 1
     return dropped
+
+
+COMPACTION_REQUEST = (
+    "Compact the conversation above so that it can go on in a smaller context. Its user "
+    "messages are kept as they are; write a summary of everything else: what was asked "
+    "and answered, the tool calls made and what they returned, facts established, "
+    "decisions taken and what is still open. Be complete and precise, and write only the "
+    "summary."
+)
+
+
+async def compact(session: AsyncSession, runtime: Runtime, body: CompactRequest) -> dict[str, Any]:
+    """`POST /responses/compact`: the context (the previous_response_id chain and the
+    input) compacted by the model into its user messages and one `compaction` item holding
+    a summary of the rest, to send as the input of the next request."""
+    if body.previous_response_id is not None:
+        await _previous(session, body.previous_response_id)
+    probe = Run(
+        id="",
+        thread_id="",
+        instructions=body.instructions or "",
+        response={"previous_response_id": body.previous_response_id},
+    )
+    rows = items_.build_entries("", _input_of(body.input), "input")
+    given = [items_.Entry(items_.entry_item(row), index, row) for index, row in enumerate(rows)]
+    entries = [*await context(session, probe), *given]
+    await session.rollback()  # the model's answer can take a while: no connection held
+    messages = prompt_.chat_messages(entries, {})
+    if not messages:
+        raise bad_request(
+            "There is nothing to compact: give 'input' or 'previous_response_id'.", "input"
+        )
+    system = [ChatMessage("system", body.instructions)] if body.instructions else []
+    request = ChatRequest(
+        model=body.model,
+        messages=[*system, *messages, ChatMessage("user", COMPACTION_REQUEST)],
+    )
+    summary: list[str] = []
+    usage = None
+    try:
+        async for event in runtime.router.resolve(body.model).backend.stream(request):
+            if isinstance(event, TextDelta):
+                summary.append(event.text)
+            elif isinstance(event, Usage):
+                usage = event
+    except LLMError as exc:
+        raise _llm_error(exc) from exc
+    text = storable("".join(summary))
+    if usage is None:
+        usage = Usage(prompt_tokens(request.messages), estimate_tokens(text))
+    kept = [
+        e.item for e in entries if e.item.get("type") == "message" and e.item.get("role") == "user"
+    ]
+    return {
+        "id": ids.response_id(),
+        "object": "response.compaction",
+        "output": [*kept, items_.compaction_item(text)],
+        "created_at": now(),
+        "usage": {
+            "input_tokens": usage.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": usage.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        },
+    }
+
+
+def _llm_error(exc: LLMError) -> APIError:
+    """A model server's failure, answered as OpenAI answers its own."""
+    if exc.kind == "rate_limit":
+        return APIError(429, exc.message, type="rate_limit_error", code="rate_limit_exceeded")
+    if exc.kind in ("invalid_request", "config"):
+        return bad_request(exc.message, "model" if exc.kind == "config" else None)
+    return APIError(
+        500, f"The model server failed: {exc.message}", type="server_error", code="server_error"
+    )
+
+
+async def _previous(session: AsyncSession, response_id: str) -> Run:
+    try:
+        return await stored(session, response_id)
+    except APIError as exc:
+        raise bad_request(
+            f"Previous response with id '{response_id}' not found.",
+            "previous_response_id",
+            "previous_response_not_found",
+        ) from exc
