@@ -274,6 +274,15 @@ def test_an_assistants_thread_continued_through_responses(
         ("user", f"{word} new question [[reply:New answer.]]"),
         ("assistant", "New answer."),
     ]
+    # And read back as a conversation: the same four messages, as items.
+    items = client.conversations.items.list(thread.id, order="asc").data
+    assert [(i.type, getattr(i, "role", None)) for i in items] == [
+        ("message", "user"),
+        ("message", "assistant"),
+        ("message", "user"),
+        ("message", "assistant"),
+    ]
+    assert items[-1].id == response.output[0].id
 
 
 def test_a_stored_assistant_as_the_prompt(client: openai.OpenAI, scripted_llm: ScriptedLLM) -> None:
