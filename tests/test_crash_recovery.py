@@ -144,12 +144,15 @@ def test_sigkilled_worker_loses_no_run(mode: str, deploy: DeployFactory) -> None
         client.beta.threads.runs.cancel(next(iter(runs)), thread_id=runs[next(iter(runs))])
 
 
-def test_a_background_response_survives_its_worker(mode: str, deploy: DeployFactory) -> None:
+def test_a_background_response_survives_its_worker(
+    mode: str, own_deployment: DeployFactory
+) -> None:
     """A worker SIGKILLed during background responses: each ends, with one answer, and a
-    stream of one of them (resumed on another API process) ends with it."""
+    stream of one of them (resumed on another API process) ends with it. (A deployment of
+    its own: the other crash test leaves one of its workers dead.)"""
     if mode != "production":
         pytest.skip("worker processes exist in production mode only")
-    deployment = deploy(
+    deployment = own_deployment(
         HAL9100_LEASE_SECONDS="2",
         HAL9100_SWEEP_SECONDS="0.5",
         HAL9100_WORKER_CONCURRENCY="50",

@@ -5,6 +5,7 @@ false`, cancel, input items, and what is refused."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import sqlite3
@@ -704,10 +705,11 @@ def test_compact_then_go_on_from_the_compaction(
     sent = requests_with(scripted_llm, f"{word} three")[-1]["messages"]
     assert [m["role"] for m in sent] == ["user", "user", "user", "user"]
     assert sent[2]["content"].startswith("[Summary of the conversation so far]")
-    # A compaction this server did not make is refused.
-    with pytest.raises(openai.BadRequestError):
-        client.responses.create(
-            model="scripted-model",
-            input=[{"type": "compaction", "encrypted_content": "not ours"}],  # type: ignore[list-item]
-        )
+    # A compaction this server did not make is refused, however it is made.
+    for forged in ("not ours", base64.urlsafe_b64encode(b"[" * 200_000).decode()):
+        with pytest.raises(openai.BadRequestError):
+            client.responses.create(
+                model="scripted-model",
+                input=[{"type": "compaction", "encrypted_content": forged}],  # type: ignore[list-item]
+            )
     lenient.close()

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hal9100.core import ids
 from hal9100.core.clock import now, ordinal
 from hal9100.core.errors import bad_request
+from hal9100.core.text import storable
 from hal9100.db.models import File, Item, Message, Run, RunStep
 from hal9100.responses.tools import namespaced
 from hal9100.tools import file_search
@@ -544,10 +545,11 @@ def compaction_summary(content: str) -> str | None:
     """The summary a compaction item of this server holds, or None."""
     try:
         packed = json.loads(base64.urlsafe_b64decode(content.encode()))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
     summary = packed.get("summary") if isinstance(packed, dict) else None
-    return summary if isinstance(summary, str) else None
+    # Decoded text may hold what no model server or database takes (a lone surrogate).
+    return storable(summary) if isinstance(summary, str) else None
 
 
 def _stored_item(item: dict[str, Any], kind: str, param: str) -> dict[str, Any]:

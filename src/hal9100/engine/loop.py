@@ -506,6 +506,17 @@ class _Job:
         todo: list[tuple[Call, ServerTool]] = []
         risky = False
         allowed = await self._calls_allowed(run)
+        if allowed is not None:
+            # Calls of this turn made before a takeover count too.
+            allowed -= sum(
+                1
+                for c in calls
+                if c.kind == "server"
+                and c.state == "done"
+                and (tool := tools.server.get(c.name)) is not None
+                and tool.type != "action"
+                and (c.details or {}).get("type") != "function"
+            )
         for call in calls:
             if call.kind != "server" or call.state == "done":
                 continue

@@ -29,6 +29,8 @@ _ENDS_OF_RUNS = {
 }
 # The events that end a response's stream.
 ENDS = frozenset({*_ENDS_OF_RUNS.values(), "error"})
+# What a response's run publishes first once a worker starts it.
+FIRST_EVENT = "thread.run.in_progress"
 
 
 @dataclass
@@ -82,6 +84,8 @@ class Translator:
         self.calls: dict[str, _Call] = {}
         self.by_id: dict[str, _Call] = {}
         self.ended = False
+        # Ended with the run's own end (not a failure of the stream).
+        self.ended_well = False
 
     def _named(self, item: dict[str, Any]) -> dict[str, Any]:
         if item["name"] in self.namespaces:
@@ -121,7 +125,7 @@ class Translator:
         if name == "thread.run.step.completed":
             return await self._close_calls(data)
         if name in _ENDS_OF_RUNS:
-            self.ended = True
+            self.ended = self.ended_well = True
             return [self._emit(_ENDS_OF_RUNS[name], response=await self.final())]
         if name == "error":
             self.ended = True

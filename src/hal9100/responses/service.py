@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import select
+from sqlalchemy import null, select, update
 from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -393,7 +393,9 @@ async def forget(session: AsyncSession, run: Run) -> None:
     """A response that is not to be stored: gone once answered (its thread with it, unless
     the thread is a conversation, which keeps what the response added)."""
     if (run.response or {}).get("conversation"):
-        run.response = {**(run.response or {}), "store": False}
+        # The run stays the conversation's record; the response object goes with its
+        # settings (SQL NULL: the retention sweep and lookups pass it by).
+        await session.execute(update(Run).where(Run.id == run.id).values(response=null()))
         await session.execute(sql_delete(ResponseEvents).where(ResponseEvents.run_id == run.id))
         await session.commit()
         return
@@ -521,6 +523,9 @@ def json_tokens(value: Any) -> int:
     return count_tokens(json.dumps(value, separators=(",", ":")))
 
 
+RETENTION_BATCH = 500
+
+
 def retention_check_seconds(settings: Settings) -> float:
     """How often responses past their retention are looked for (a scan of the runs table):
     every ten minutes, or a quarter of the retention if that is shorter."""
@@ -537,21 +542,30 @@ async def drop_expired(runtime: Runtime) -> int:
     async with runtime.sessions() as session:
         old = (
             await session.scalars(
-                select(Run).where(
+                select(Run.id)
+                .where(
                     Run.id.startswith(ids.RESPONSE_PREFIX),
+                    Run.response.is_not(None),
                     Run.created_at < cutoff,
                     Run.status.in_(TERMINAL),
                 )
+                # A batch per check: a backlog goes over the following ones.
+                .limit(RETENTION_BATCH)
             )
         ).all()
-        dropped = 0
-        for run in old:
-            if not (run.response or {}).get("store", True):
-                continue
-            if (run.response or {}).get("conversation"):
-                await forget(session, run)
-            else:
-                await threads.delete(session, runtime, run.thread_id)
+    dropped = 0
+    for response_id in old:
+        async with runtime.sessions() as session:
+            run = await session.scalar(select(Run).where(Run.id == response_id))
+            if run is None or not (run.response or {}).get("store", True):
+                continue  # gone meanwhile, or forgotten already
+            try:
+                if (run.response or {}).get("conversation"):
+                    await forget(session, run)
+                else:
+                    await threads.delete(session, runtime, run.thread_id)
+            except APIError:
+                continue  # its thread was deleted meanwhile
             dropped += 1
     return dropped
 

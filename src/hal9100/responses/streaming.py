@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -25,7 +25,7 @@ from hal9100.conversations.items import filenames_of_files
 from hal9100.db.models import ResponseEvents, Run, RunStep
 from hal9100.events.base import RunEvent
 from hal9100.responses import objects
-from hal9100.responses.events import ENDS, Translator
+from hal9100.responses.events import ENDS, FIRST_EVENT, Translator
 from hal9100.responses.service import forget, wait_done
 from hal9100.responses.tools import namespaced
 from hal9100.runs.streaming import follow, sse_response
@@ -34,8 +34,15 @@ from hal9100.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-# Tasks that forget unstored responses whose client left before their end.
-_forgetting: set[asyncio.Task[None]] = set()
+# Work a stream leaves behind it (forgetting an unstored response, keeping a log), held
+# until done.
+_leftover: set[asyncio.Task[None]] = set()
+
+
+def _after_end(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(work)
+    _leftover.add(task)
+    task.add_done_callback(_leftover.discard)
 
 
 async def _forget(runtime: Runtime, response_id: str) -> None:
@@ -82,6 +89,8 @@ async def save_log(runtime: Runtime, response_id: str, events: list[RunEvent]) -
             await session.commit()
     except IntegrityError:
         pass  # kept already (or the response is gone)
+    except Exception:
+        log.exception("response %s: keeping its event log failed", response_id)
 
 
 def _sse(event: dict[str, Any]) -> bytes:
@@ -148,15 +157,19 @@ def stream(
         return b"".join(out)
 
     async def frames() -> AsyncIterator[bytes]:
-        head = frames_of(translator.start())
-        if head:
-            yield head
-        saved = await saved_log(runtime, response_id)
-        events = (
-            _replay(saved) if saved is not None else follow(runtime, response_id, runtime.bus.START)
-        )
+        events: AsyncGenerator[list[RunEvent], None] | None = None
+        saved: list[RunEvent] | None = None
         seen: list[RunEvent] = []
         try:
+            head = frames_of(translator.start())
+            if head:
+                yield head
+            saved = await saved_log(runtime, response_id)
+            events = (
+                _replay(saved)
+                if saved is not None
+                else follow(runtime, response_id, runtime.bus.START)
+            )
             async for batch in events:
                 seen.extend(batch)
                 out: list[dict[str, Any]] = []
@@ -168,16 +181,17 @@ def stream(
                 if translator.ended:
                     break
         finally:
-            await events.aclose()
-            if translator.ended and saved is None and first["store"]:
-                await save_log(runtime, response_id, seen)
+            # Nothing awaited comes first: a stream whose client left is closed inside a
+            # cancelled scope, where every await raises again (a client may leave at any
+            # await, the first one included).
             if not first["store"]:
                 # Not to be stored: gone once it ended (also when its client left first).
-                if translator.ended:
-                    await _forget(runtime, response_id)
-                else:
-                    task = asyncio.create_task(_forget_when_done(runtime, response_id))
-                    _forgetting.add(task)
-                    task.add_done_callback(_forgetting.discard)
+                _after_end(_forget_when_done(runtime, response_id))
+            elif translator.ended_well and saved is None and seen and seen[0].event == FIRST_EVENT:
+                # The whole log, from the run's first event to its end (a reader that came
+                # after the bus trimmed or dropped it, or whose stream failed, keeps none).
+                _after_end(save_log(runtime, response_id, seen))
+            if events is not None:
+                await events.aclose()
 
     return sse_response(frames())
