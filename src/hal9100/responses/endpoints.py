@@ -19,7 +19,8 @@ router = APIRouter(prefix="/responses", tags=["responses"])
 async def create_response(body: ResponseCreate, session: SessionDep, runtime: RuntimeDep) -> Any:
     run, position = await service.create(session, runtime, body)
     if body.stream:
-        return streaming.stream(runtime, run, await streaming.opening(session, run), None)
+        first = await streaming.opening(session, run)
+        return streaming.stream(runtime, run, first, None, fresh=True)
     if body.background:
         return await objects.to_object(session, run)
     done = await service.wait_done(runtime, session, run, position)

@@ -94,8 +94,11 @@ async def to_object(
     session: AsyncSession,
     run: Run,
     include: Collection[str] = (),
+    *,
+    output: bool = True,
 ) -> dict[str, Any]:
-    """`include`: what a retrieve asks to see beyond what the request's `include` did."""
+    """`include`: what a retrieve asks to see beyond what the request's `include` did;
+    `output`: whether to read the output (a response just created has none)."""
     settings = run.response or {}
     include = {*(settings.get("include") or []), *include}
     incomplete = None
@@ -121,7 +124,7 @@ async def to_object(
         "max_output_tokens": run.max_completion_tokens,
         "max_tool_calls": settings.get("max_tool_calls"),
         "model": run.model,
-        "output": await output_items(session, run, include),
+        "output": await output_items(session, run, include) if output else [],
         "parallel_tool_calls": run.parallel_tool_calls,
         "previous_response_id": settings.get("previous_response_id"),
         "conversation": {"id": conversation} if conversation else None,

@@ -165,6 +165,8 @@ async def _check_outputs(session: AsyncSession, run: Run, rows: list[Message | I
     given = set(given_list)
     if len(given) != len(given_list):
         raise bad_request("Duplicate function call output for one call_id in 'input'.", "input")
+    if not given and not (run.response or {}).get("previous_response_id"):
+        return  # nothing answers a call, and no earlier response waits for answers
     entries = await context(session, run)
     calls = {str(e.item.get("call_id")) for e in entries if e.item.get("type") == "function_call"}
     answered = {

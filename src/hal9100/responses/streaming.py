@@ -100,7 +100,7 @@ def _sse(event: dict[str, Any]) -> bytes:
 
 async def opening(session: AsyncSession, run: Run) -> dict[str, Any]:
     """The response as its stream opens: as created, before any output."""
-    shown = await objects.to_object(session, run)
+    shown = await objects.to_object(session, run, output=False)
     background = shown["background"]
     shown.update(
         status="queued" if background else "in_progress",
@@ -114,8 +114,9 @@ async def opening(session: AsyncSession, run: Run) -> dict[str, Any]:
 
 
 def stream(
-    runtime: Runtime, run: Run, first: dict[str, Any], after: int | None
+    runtime: Runtime, run: Run, first: dict[str, Any], after: int | None, *, fresh: bool = False
 ) -> StreamingResponse:
+    """`fresh`: the response was just created (no log of it can have been kept)."""
     # Read now: the caller's session may end (and expire the row) before the stream runs.
     response_id, thread_id = run.id, run.thread_id
 
@@ -164,7 +165,7 @@ def stream(
             head = frames_of(translator.start())
             if head:
                 yield head
-            saved = await saved_log(runtime, response_id)
+            saved = None if fresh else await saved_log(runtime, response_id)
             events = (
                 _replay(saved)
                 if saved is not None
