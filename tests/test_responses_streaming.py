@@ -142,10 +142,12 @@ def test_a_streamed_response_that_is_not_stored(client: openai.OpenAI, store: bo
         client.responses.retrieve(events[0]["response"]["id"])
 
 
-def test_a_replay_after_the_bus_let_go_is_numbered_alike(deploy: Any) -> None:
+def test_a_replay_after_the_bus_let_go_is_numbered_alike(mode: str, deploy: Any) -> None:
     """The bus keeps a run's log a while only (here: embedded mode's, shortened); the log a
     stream followed to the end is kept, and a replay after the bus dropped it is the same
     stream."""
+    if mode != "embedded":
+        pytest.skip("a deployment of its own per mode: the kept log is the same code in both")
     deployment = deploy(HAL9100_EVENT_RETAIN_SECONDS="0.5")
     with httpx.Client(base_url=deployment.url, timeout=30) as http:
         body = {"model": "scripted-model", "input": "[[tokens:12]]", "stream": True}

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Depends, Query
 
 from hal9100.conversations import service
 from hal9100.conversations.schemas import (
     ConversationCreate,
     ConversationObject,
     ConversationUpdate,
+    Include,
     ItemList,
     ItemsCreate,
 )
@@ -18,25 +19,25 @@ from hal9100.core.schemas import DeletedObject
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 
-# What `include` may ask for. Those naming tools this server does not run (web search,
-# computer use) or data it has none of (logprobs, encrypted reasoning) add nothing, as on
-# OpenAI for a conversation without such items.
-Include = Literal[
-    "file_search_call.results",
-    "web_search_call.results",
-    "web_search_call.action.sources",
-    "message.input_image.image_url",
-    "computer_call_output.output.image_url",
-    "code_interpreter_call.outputs",
-    "reasoning.encrypted_content",
-    "message.output_text.logprobs",
-]
 IncludeQuery = Annotated[list[Include] | None, Query(alias="include[]")]
 IncludeQueryPlain = Annotated[list[Include] | None, Query(alias="include")]
 
 
-def _include(*values: list[Include] | None) -> set[str]:
-    return {v for value in values for v in value or []}
+def _included(include: IncludeQuery = None, include_plain: IncludeQueryPlain = None) -> set[str]:
+    """`include` as the SDK sends it (`include[]=...`) or plainly (`include=...`)."""
+    return {v for value in (include, include_plain) for v in value or []}
+
+
+def _list_params(
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    after: Annotated[str | None, Query()] = None,
+) -> ListParams:
+    return ListParams(limit=limit, order=order, after=after)
+
+
+IncludedDep = Annotated[set[str], Depends(_included)]
+ItemListParams = Annotated[ListParams, Depends(_list_params)]
 
 
 @router.post("", response_model=ConversationObject)
@@ -67,42 +68,23 @@ async def delete_conversation(
 
 @router.post("/{conversation_id}/items", response_model=ItemList)
 async def create_items(
-    conversation_id: str,
-    body: ItemsCreate,
-    session: SessionDep,
-    include: IncludeQuery = None,
-    include_plain: IncludeQueryPlain = None,
+    conversation_id: str, body: ItemsCreate, session: SessionDep, include: IncludedDep
 ) -> Any:
-    return await service.add_items(session, conversation_id, body, _include(include, include_plain))
+    return await service.add_items(session, conversation_id, body, include)
 
 
 @router.get("/{conversation_id}/items", response_model=ItemList)
 async def list_items(
-    conversation_id: str,
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
-    after: Annotated[str | None, Query()] = None,
-    include: IncludeQuery = None,
-    include_plain: IncludeQueryPlain = None,
+    conversation_id: str, session: SessionDep, params: ItemListParams, include: IncludedDep
 ) -> Any:
-    params = ListParams(limit=limit, order=order, after=after)
-    return await service.list_items(
-        session, conversation_id, params, _include(include, include_plain)
-    )
+    return await service.list_items(session, conversation_id, params, include)
 
 
 @router.get("/{conversation_id}/items/{item_id}")
 async def retrieve_item(
-    conversation_id: str,
-    item_id: str,
-    session: SessionDep,
-    include: IncludeQuery = None,
-    include_plain: IncludeQueryPlain = None,
+    conversation_id: str, item_id: str, session: SessionDep, include: IncludedDep
 ) -> Any:
-    return await service.retrieve_item(
-        session, conversation_id, item_id, _include(include, include_plain)
-    )
+    return await service.retrieve_item(session, conversation_id, item_id, include)
 
 
 @router.delete("/{conversation_id}/items/{item_id}", response_model=ConversationObject)

@@ -24,9 +24,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hal9100.conversations.schemas import ItemList
 from hal9100.core import ids
 from hal9100.core.clock import now, ordinal
 from hal9100.core.errors import bad_request
+from hal9100.core.pagination import ListParams
 from hal9100.core.text import storable
 from hal9100.db.models import File, Item, Message, Run, RunStep
 from hal9100.responses.tools import namespaced
@@ -721,3 +723,22 @@ def _item_row(thread_id: str, data: dict[str, Any], stamp: int, place: int) -> d
 
 def entry_item(row: Message | Item) -> dict[str, Any]:
     return message_item(row) if isinstance(row, Message) else row.data
+
+
+def page(data: list[dict[str, Any]], params: ListParams) -> ItemList:
+    """One page of items given oldest first, as a list endpoint answers it (`after` an item
+    of the list, in `order`)."""
+    if params.order == "desc":
+        data = list(reversed(data))
+    if params.after is not None:
+        position = next((i for i, d in enumerate(data) if d.get("id") == params.after), None)
+        if position is None:
+            raise bad_request(f"Invalid 'after': no item found with id '{params.after}'.", "after")
+        data = data[position + 1 :]
+    shown = data[: params.limit]
+    return ItemList(
+        data=shown,
+        first_id=shown[0]["id"] if shown else None,
+        last_id=shown[-1]["id"] if shown else None,
+        has_more=len(data) > params.limit,
+    )

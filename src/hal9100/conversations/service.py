@@ -15,7 +15,7 @@ from hal9100.conversations.schemas import (
 )
 from hal9100.core import ids
 from hal9100.core.clock import now
-from hal9100.core.errors import bad_request, not_found
+from hal9100.core.errors import not_found
 from hal9100.core.pagination import ListParams
 from hal9100.core.schemas import DeletedObject
 from hal9100.db.models import Item, Message, Thread
@@ -90,21 +90,7 @@ async def list_items(
 ) -> ItemList:
     await _thread(session, conversation_id)
     entries = await items_.thread_entries(session, conversation_id, include)
-    data = [e.item for e in entries]
-    if params.order == "desc":
-        data.reverse()
-    if params.after is not None:
-        position = next((i for i, d in enumerate(data) if d.get("id") == params.after), None)
-        if position is None:
-            raise bad_request(f"Invalid 'after': no item found with id '{params.after}'.", "after")
-        data = data[position + 1 :]
-    page = data[: params.limit]
-    return ItemList(
-        data=page,
-        first_id=page[0]["id"] if page else None,
-        last_id=page[-1]["id"] if page else None,
-        has_more=len(data) > params.limit,
-    )
+    return items_.page([e.item for e in entries], params)
 
 
 async def _entry(

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from hal9100.conversations.endpoints import IncludeQuery, IncludeQueryPlain, _include
+from hal9100.conversations.endpoints import IncludedDep, ItemListParams
 from hal9100.conversations.schemas import ItemList
 from hal9100.core.deps import RuntimeDep, SessionDep
 from hal9100.core.errors import bad_request
-from hal9100.core.pagination import ListParams
 from hal9100.responses import objects, service, streaming
 from hal9100.responses.schemas import CompactRequest, ResponseCreate, TokenCount
 
@@ -45,8 +44,7 @@ async def retrieve_response(
     response_id: str,
     session: SessionDep,
     runtime: RuntimeDep,
-    include: IncludeQuery = None,
-    include_plain: IncludeQueryPlain = None,
+    include: IncludedDep,
     stream: Annotated[bool, Query()] = False,
     starting_after: Annotated[int | None, Query(ge=0)] = None,
 ) -> Any:
@@ -64,7 +62,7 @@ async def retrieve_response(
         # embedded database has one).
         await session.rollback()
         return shown
-    return await service.retrieve(session, response_id, _include(include, include_plain))
+    return await service.retrieve(session, response_id, include)
 
 
 @router.delete("/{response_id}")
@@ -79,13 +77,6 @@ async def cancel_response(response_id: str, session: SessionDep, runtime: Runtim
 
 @router.get("/{response_id}/input_items", response_model=ItemList)
 async def list_input_items(
-    response_id: str,
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
-    after: Annotated[str | None, Query()] = None,
-    include: IncludeQuery = None,
-    include_plain: IncludeQueryPlain = None,
+    response_id: str, session: SessionDep, params: ItemListParams, include: IncludedDep
 ) -> Any:
-    params = ListParams(limit=limit, order=order, after=after)
-    return await service.input_items(session, response_id, params, _include(include, include_plain))
+    return await service.input_items(session, response_id, params, include)

@@ -18,7 +18,6 @@ from hal9100.db.models import Message, Run, RunStep
 from hal9100.engine.recorder import Prompt
 from hal9100.llm.base import (
     ChatMessage,
-    ChatRequest,
     ContentPart,
     FunctionTool,
     ImagePart,
@@ -29,7 +28,7 @@ from hal9100.responses.tools import offered_name
 from hal9100.runs.prompt import (
     DEFAULT_COMPLETION_RESERVE,
     _replayed,
-    _tool_choice,
+    chat_request,
     message_tokens,
     prompt_tokens,
 )
@@ -198,20 +197,7 @@ def build(
             total -= message_tokens(history[start])
             start += 1
         history = history[start:]
-    request = ChatRequest(
-        model=run.model,
-        messages=[*system, *history],
-        tools=functions,
-        tool_choice=_tool_choice(run) if functions else None,
-        parallel_tool_calls=run.parallel_tool_calls if functions else None,
-        temperature=run.temperature,
-        top_p=run.top_p,
-        max_tokens=completion_tokens_left,
-        response_format=run.response_format
-        if isinstance(run.response_format, dict) and run.response_format.get("type") != "text"
-        else None,
-        reasoning_effort=run.reasoning_effort,
-    )
+    request = chat_request(run, [*system, *history], functions, completion_tokens_left)
     return Prompt(request=request, estimated_tokens=total, over_budget=False)
 
 

@@ -16,7 +16,6 @@ from hal9100.responses import prompt as prompt_
 from hal9100.runs.citations import paths_of, sources_of
 from hal9100.runs.prompt import image_file_ids
 from hal9100.runs.recorder import AssistantsRecorder, _shown_images
-from hal9100.tools import code_interpreter
 
 
 def _run_of(entry: Entry) -> str | None:
@@ -78,14 +77,7 @@ class ResponsesRecorder(AssistantsRecorder):
         self.sources = sources_of(calls)
         self.paths = paths_of(calls)
         self.images = _shown_images(list(dict.fromkeys(steps)))
-        notes = []
-        if any(t.get("type") == code_interpreter.NAME for t in run.tools or []):
-            files = await code_interpreter.run_files(
-                session, run.thread_id, run.assistant_id or None, run.tools
-            )
-            note = code_interpreter.files_note(files)
-            if note is not None:
-                notes.append(note)
+        notes = await self._notes(session, run)
         return prompt_.build(
             run,
             entries,

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from hal9100.conversations.schemas import Include
 from hal9100.core.schemas import (
     MAX_INT32,
     FreeJSON,
@@ -17,17 +18,6 @@ from hal9100.core.schemas import (
     Temperature,
     TopP,
 )
-
-Include = Literal[
-    "file_search_call.results",
-    "web_search_call.results",
-    "web_search_call.action.sources",
-    "message.input_image.image_url",
-    "computer_call_output.output.image_url",
-    "code_interpreter_call.outputs",
-    "reasoning.encrypted_content",
-    "message.output_text.logprobs",
-]
 
 
 class ConversationRef(RequestModel):

@@ -46,7 +46,6 @@ from hal9100.llm.base import (
     ChatRequest,
     LLMError,
     TextDelta,
-    TextPart,
     Usage,
     estimate_tokens,
 )
@@ -54,9 +53,14 @@ from hal9100.queue.base import EXECUTE_RUN
 from hal9100.responses import objects, tools
 from hal9100.responses import prompt as prompt_
 from hal9100.responses.recorder import context
-from hal9100.responses.schemas import CompactRequest, ResponseCreate, TokenCount
+from hal9100.responses.schemas import (
+    CompactRequest,
+    ConversationRef,
+    ResponseCreate,
+    TokenCount,
+)
 from hal9100.runs import service as runs
-from hal9100.runs.prompt import IMAGE_TOKENS, prompt_tokens
+from hal9100.runs.prompt import message_tokens, prompt_tokens
 from hal9100.runtime import Runtime
 from hal9100.threads import service as threads
 
@@ -244,13 +248,7 @@ async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) 
         response_format = (
             assistant.response_format if isinstance(assistant.response_format, dict) else None
         )
-    conversation_id = (
-        body.conversation
-        if isinstance(body.conversation, str)
-        else body.conversation.id
-        if body.conversation is not None
-        else None
-    )
+    conversation_id = _conversation_id(body.conversation)
     if conversation_id is not None:
         thread = await session.scalar(select(Thread).where(Thread.id == conversation_id))
         if thread is None:
@@ -347,6 +345,10 @@ async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) 
     worker = await runs.route(runtime, run.thread_id, run.tools)
     await runtime.queue.enqueue(EXECUTE_RUN, run.id, worker=worker)
     return run, position
+
+
+def _conversation_id(given: str | ConversationRef | None) -> str | None:
+    return given.id if isinstance(given, ConversationRef) else given
 
 
 def _busy(conversation_id: str | None) -> APIError:
@@ -450,34 +452,14 @@ async def input_items(
         for e in await items_.thread_entries(session, run.thread_id, include)
         if e.item.get("id") in wanted
     }
-    data = [found[item_id] for item_id in wanted if item_id in found]
-    if params.order == "desc":
-        data.reverse()
-    if params.after is not None:
-        position = next((i for i, d in enumerate(data) if d["id"] == params.after), None)
-        if position is None:
-            raise bad_request(f"Invalid 'after': no item found with id '{params.after}'.", "after")
-        data = data[position + 1 :]
-    page = data[: params.limit]
-    return ItemList(
-        data=page,
-        first_id=page[0]["id"] if page else None,
-        last_id=page[-1]["id"] if page else None,
-        has_more=len(data) > params.limit,
-    )
+    return items_.page([found[item_id] for item_id in wanted if item_id in found], params)
 
 
 async def input_tokens(session: AsyncSession, body: TokenCount) -> dict[str, Any]:
     """How many tokens the request's prompt would hold: its instructions, its context (the
     conversation, or the previous_response_id chain), its input and its tools' definitions,
     counted with OpenAI's tokenizer."""
-    conversation_id = (
-        body.conversation
-        if isinstance(body.conversation, str)
-        else body.conversation.id
-        if body.conversation is not None
-        else None
-    )
+    conversation_id = _conversation_id(body.conversation)
     if conversation_id is not None and body.previous_response_id is not None:
         raise bad_request(
             "Mutually exclusive parameters: 'previous_response_id' and 'conversation' "
@@ -509,15 +491,7 @@ async def input_tokens(session: AsyncSession, body: TokenCount) -> dict[str, Any
     # OpenAI's tokenizer (o200k), offline: the count a client of OpenAI's API expects. A
     # message costs 4 more, an image a fixed 256 (pixels are not seen here).
     total = sum(json_tokens(tool) for tool in run_tools)
-    for message in messages:
-        total += 4
-        if isinstance(message.content, str):
-            total += count_tokens(message.content)
-        else:
-            for part in message.content:
-                total += count_tokens(part.text) if isinstance(part, TextPart) else IMAGE_TOKENS
-        for call in message.tool_calls:
-            total += count_tokens(call.name) + count_tokens(call.arguments) + 4
+    total += sum(message_tokens(message, count_tokens) for message in messages)
     return {"object": "response.input_tokens", "input_tokens": total}
 
 

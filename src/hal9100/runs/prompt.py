@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hal9100.db.models import File, Message, Run, RunStep
@@ -31,15 +31,16 @@ DEFAULT_COMPLETION_RESERVE = 1024
 IMAGE_TOKENS = 256
 
 
-def message_tokens(message: ChatMessage) -> int:
+def message_tokens(message: ChatMessage, count: Callable[[str], int] = estimate_tokens) -> int:
+    """A message's cost in tokens, its text counted by `count` (an estimate by default)."""
     cost = 4
     if isinstance(message.content, str):
-        cost += estimate_tokens(message.content)
+        cost += count(message.content)
     else:
         for part in message.content:
-            cost += estimate_tokens(part.text) if isinstance(part, TextPart) else IMAGE_TOKENS
+            cost += count(part.text) if isinstance(part, TextPart) else IMAGE_TOKENS
     for call in message.tool_calls:
-        cost += estimate_tokens(call.name) + estimate_tokens(call.arguments) + 4
+        cost += count(call.name) + count(call.arguments) + 4
     return cost
 
 
@@ -234,13 +235,23 @@ def build_prompt(
     over_budget = (
         run.max_prompt_tokens is not None and total > run.max_prompt_tokens - prompt_tokens_used
     )
-    tools = functions
-    request = ChatRequest(
+    request = chat_request(run, [*system, *history, *rounds], functions, completion_tokens_left)
+    return Prompt(request=request, estimated_tokens=total, over_budget=over_budget)
+
+
+def chat_request(
+    run: Run,
+    messages: list[ChatMessage],
+    functions: list[FunctionTool],
+    completion_tokens_left: int | None,
+) -> ChatRequest:
+    """A turn's request to the model: the messages, with the run's tools and settings."""
+    return ChatRequest(
         model=run.model,
-        messages=[*system, *history, *rounds],
-        tools=tools,
-        tool_choice=_tool_choice(run) if tools else None,
-        parallel_tool_calls=run.parallel_tool_calls if tools else None,
+        messages=messages,
+        tools=functions,
+        tool_choice=_tool_choice(run) if functions else None,
+        parallel_tool_calls=run.parallel_tool_calls if functions else None,
         temperature=run.temperature,
         top_p=run.top_p,
         max_tokens=completion_tokens_left,
@@ -249,4 +260,3 @@ def build_prompt(
         else None,
         reasoning_effort=run.reasoning_effort,
     )
-    return Prompt(request=request, estimated_tokens=total, over_budget=over_budget)

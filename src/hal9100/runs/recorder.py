@@ -214,14 +214,7 @@ class AssistantsRecorder:
         self.sources = sources_of(calls)
         self.paths = paths_of(calls)
         self.images = _shown_images(steps)
-        notes = []
-        if any(t.get("type") == code_interpreter.NAME for t in run.tools or []):
-            files = await code_interpreter.run_files(
-                session, run.thread_id, run.assistant_id, run.tools
-            )
-            note = code_interpreter.files_note(files)
-            if note is not None:
-                notes.append(note)
+        notes = await self._notes(session, run)
         return build_prompt(
             run,
             messages,
@@ -233,6 +226,17 @@ class AssistantsRecorder:
             functions=functions,
             notes=notes,
         )
+
+    async def _notes(self, session: AsyncSession, run: Run) -> list[str]:
+        """What the run's tools make available, for the end of the system prompt (the files
+        code_interpreter finds in /mnt/data)."""
+        if not any(t.get("type") == code_interpreter.NAME for t in run.tools or []):
+            return []
+        files = await code_interpreter.run_files(
+            session, run.thread_id, run.assistant_id or None, run.tools
+        )
+        note = code_interpreter.files_note(files)
+        return [note] if note is not None else []
 
     async def _images(self, session: AsyncSession, file_ids: list[str]) -> dict[str, str]:
         if not file_ids:
