@@ -13,9 +13,8 @@ from hal9100.db.models import Message, Run, RunStep
 from hal9100.engine.recorder import Prompt
 from hal9100.llm.base import FunctionTool
 from hal9100.responses import prompt as prompt_
-from hal9100.runs.citations import paths_of, sources_of
 from hal9100.runs.prompt import image_file_ids
-from hal9100.runs.recorder import AssistantsRecorder, _shown_images
+from hal9100.runs.recorder import AssistantsRecorder
 
 
 def _run_of(entry: Entry) -> str | None:
@@ -70,13 +69,9 @@ class ResponsesRecorder(AssistantsRecorder):
         self._saw(run)
         entries = await context(session, run)
         images = await self._images(session, image_file_ids(prompt_.context_messages(entries)))
-        steps = [
-            e.source for e in entries if isinstance(e.source, RunStep) and e.source.run_id == run.id
-        ]
-        calls = [s.step_details for s in dict.fromkeys(steps)]
-        self.sources = sources_of(calls)
-        self.paths = paths_of(calls)
-        self.images = _shown_images(list(dict.fromkeys(steps)))
+        # A step shows as one entry per call: each once, in order.
+        own = (e.source for e in entries if isinstance(e.source, RunStep))
+        self._saw_steps([s for s in dict.fromkeys(own) if s.run_id == run.id])
         notes = await self._notes(session, run)
         return prompt_.build(
             run,

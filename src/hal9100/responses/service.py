@@ -67,10 +67,10 @@ from hal9100.threads import service as threads
 _VARIABLE = re.compile(r"\{\{\s*([a-zA-Z0-9_]+)\s*\}\}")
 
 
-async def stored(session: AsyncSession, response_id: str, param: str | None = None) -> Run:
+async def stored(session: AsyncSession, response_id: str) -> Run:
     run = await session.scalar(select(Run).where(Run.id == response_id))
     if run is None or run.response is None or not run.response.get("store", True):
-        raise not_found("response", response_id, param)
+        raise not_found("response", response_id)
     return run
 
 
@@ -80,10 +80,6 @@ def _input_of(given: str | list[Any] | None) -> list[Any]:
     if isinstance(given, str):
         return [{"type": "message", "role": "user", "content": given}]
     return given
-
-
-def _input(body: ResponseCreate) -> list[Any]:
-    return _input_of(body.input)
 
 
 def _format(body: ResponseCreate) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -264,7 +260,7 @@ async def create(session: AsyncSession, runtime: Runtime, body: ResponseCreate) 
                 "wait for it to end.",
                 "previous_response_id",
             )
-    rows = items_.build_entries(thread.id, _input(body), "input")
+    rows = items_.build_entries(thread.id, _input_of(body.input), "input")
     created = now()
     settings: dict[str, Any] = {
         "previous_response_id": body.previous_response_id,

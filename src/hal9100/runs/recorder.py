@@ -210,10 +210,7 @@ class AssistantsRecorder:
             ).all()
         )
         images = await self._images(session, image_file_ids(messages))
-        calls = [s.step_details for s in steps if s.type == "tool_calls"]
-        self.sources = sources_of(calls)
-        self.paths = paths_of(calls)
-        self.images = _shown_images(steps)
+        self._saw_steps(steps)
         notes = await self._notes(session, run)
         return build_prompt(
             run,
@@ -226,6 +223,14 @@ class AssistantsRecorder:
             functions=functions,
             notes=notes,
         )
+
+    def _saw_steps(self, steps: list[RunStep]) -> None:
+        """The run's steps so far, in order: what the next turn's citation markers may cite,
+        the files its code wrote, and the plots its message leads with."""
+        calls = [s.step_details for s in steps if s.type == "tool_calls"]
+        self.sources = sources_of(calls)
+        self.paths = paths_of(calls)
+        self.images = _shown_images(steps)
 
     async def _notes(self, session: AsyncSession, run: Run) -> list[str]:
         """What the run's tools make available, for the end of the system prompt (the files
