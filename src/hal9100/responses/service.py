@@ -529,8 +529,10 @@ async def drop_expired(runtime: Runtime) -> int:
     for response_id in old:
         async with runtime.sessions() as session:
             run = await session.scalar(select(Run).where(Run.id == response_id))
-            if run is None or not (run.response or {}).get("store", True):
-                continue  # gone meanwhile, or forgotten already
+            if run is None or run.response is None or not run.response.get("store", True):
+                # Gone meanwhile, or forgotten already (another worker's sweep may have
+                # cleared it: its thread is then a conversation's, never to be deleted).
+                continue
             try:
                 if (run.response or {}).get("conversation"):
                     await forget(session, run)
