@@ -289,16 +289,21 @@ async def measure(
                 direct_all.streams += straight.streams
                 direct_all.seconds += straight.seconds
     for name, measured in (("HAL-9100", hal_all), ("direct", direct_all)):
-        wrong = [s for s in measured.streams if s.deltas != tokens or s.outcome != FINAL_OK]
-        if wrong:
-            raise RuntimeError(
-                f"{name} at concurrency {concurrency}: {len(wrong)} streams did not end well "
-                f"(first: {wrong[0].deltas} deltas, {wrong[0].outcome})"
-            )
+        check_streams(name, concurrency, measured, tokens)
     return hal_all, direct_all
 
 
 FINAL_OK = "thread.run.completed"
+
+
+def check_streams(name: str, concurrency: int, measured: Batch, tokens: int) -> None:
+    """Raise unless every stream carried all `tokens` deltas and ended well."""
+    wrong = [s for s in measured.streams if s.deltas != tokens or s.outcome != FINAL_OK]
+    if wrong:
+        raise RuntimeError(
+            f"{name} at concurrency {concurrency}: {len(wrong)} streams did not end well "
+            f"(first: {wrong[0].deltas} deltas, {wrong[0].outcome})"
+        )
 
 
 # --------------------------------------------------------------------------- main
