@@ -32,15 +32,16 @@ log = logging.getLogger(__name__)
 def api_router() -> APIRouter:
     router = APIRouter()
     # Runs first: `POST /threads/runs` must not be taken for `POST /threads/{thread_id}`.
+    # Then the busiest: FastAPI tries every route of a router before the next router's.
     for part in (
         runs_router,
-        assistants_router,
-        threads_router,
         messages_router,
+        responses_router,
+        threads_router,
+        assistants_router,
         files_router,
         vector_stores_router,
         conversations_router,
-        responses_router,
     ):
         router.include_router(part)
     return router
@@ -72,10 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="HAL-9100", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
-    routes = api_router()
-    app.include_router(routes, prefix="/v1")
-    app.include_router(routes, include_in_schema=False)
 
+    # Before the API's routes: FastAPI tries routes in order, and a load balancer's health
+    # checks should not walk every API route first.
     @app.get("/health", include_in_schema=False)
     @app.get("/v1/health", include_in_schema=False)
     async def health() -> dict[str, str]:
@@ -94,6 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body = error_body(f"Not ready: {names}", "server_error", None, "not_ready")
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ok", "checks": dict.fromkeys(checks, "ok")})
+
+    routes = api_router()
+    app.include_router(routes, prefix="/v1")
+    app.include_router(routes, include_in_schema=False)
 
     # The last added runs first: the size limit counts what the text guard reads.
     app.add_middleware(TextGuardMiddleware)

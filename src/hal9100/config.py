@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     with_worker: bool | None = Field(default=None, validation_alias="HAL9100_WITH_WORKER")
     # Redis keys and the run queue's name start with this, so deployments can share a Redis.
     redis_prefix: str = Field(default="hal9100", validation_alias="HAL9100_REDIS_PREFIX")
+    # Connections each of a process's Redis clients may open. A stream being followed holds
+    # one in a blocking read and a worker one per run slot (SAQ's dequeuers), so redis-py's
+    # default of 100 failed past 100 streams or slots; Redis itself allows 10,000 clients.
+    redis_max_connections: int = Field(
+        default=10_000, ge=1, validation_alias="HAL9100_REDIS_MAX_CONNECTIONS"
+    )
     # On SIGTERM a worker stops taking runs and gives the ones in hand this long to finish.
     drain_seconds: int = Field(default=30, validation_alias="HAL9100_DRAIN_SECONDS")
     llm_max_retries: int = Field(default=3, validation_alias="HAL9100_LLM_MAX_RETRIES")

@@ -183,6 +183,7 @@ def make_bus(settings: Settings) -> EventBus:
             settings.redis_url,
             prefix=settings.redis_prefix,
             retain_seconds=settings.event_retain_seconds or 3600,
+            max_connections=settings.redis_max_connections,
         )
     from hal9100.events.memory import MemoryEventBus
 
@@ -197,6 +198,7 @@ def make_queue(settings: Settings) -> TaskQueue:
             settings.redis_url,
             prefix=settings.redis_prefix,
             drain_seconds=settings.drain_seconds,
+            max_connections=settings.redis_max_connections,
         )
     from hal9100.queue.memory import MemoryTaskQueue
 

@@ -21,7 +21,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.conversations.schemas import ItemList
@@ -31,6 +31,7 @@ from hal9100.core.errors import bad_request
 from hal9100.core.pagination import ListParams
 from hal9100.core.text import storable
 from hal9100.db.models import File, Item, Message, Run, RunStep
+from hal9100.messages.repository import MessageRepository
 from hal9100.responses.tools import namespaced
 from hal9100.tools import file_search
 
@@ -298,36 +299,36 @@ def _place(value: int | None, created_at: int) -> int:
     return value if value is not None else created_at * 1_000_000
 
 
+# A thread's rows other than messages, read for every response's prompt and object; built
+# once (building and compiling them anew cost more than running them).
+_CALL_STEPS = (
+    select(RunStep)
+    .where(RunStep.thread_id == bindparam("thread_id"), RunStep.type == "tool_calls")
+    .order_by(RunStep.created_at, RunStep.seq)
+)
+_ITEMS = (
+    select(Item).where(Item.thread_id == bindparam("thread_id")).order_by(Item.ordinal, Item.seq)
+)
+
+
 async def thread_entries(
     session: AsyncSession,
     thread_id: str,
     include: Collection[str] = (),
 ) -> list[Entry]:
     """Every item of a thread, oldest first."""
-    messages = (
-        await session.scalars(
-            select(Message)
-            .where(Message.thread_id == thread_id)
-            .order_by(Message.created_at, Message.seq)
-        )
-    ).all()
-    steps = (
-        await session.scalars(
-            select(RunStep)
-            .where(RunStep.thread_id == thread_id, RunStep.type == "tool_calls")
-            .order_by(RunStep.created_at, RunStep.seq)
-        )
-    ).all()
-    rows = (
-        await session.scalars(
-            select(Item).where(Item.thread_id == thread_id).order_by(Item.ordinal, Item.seq)
-        )
-    ).all()
+    params = {"thread_id": thread_id}
+    messages = await MessageRepository(session).all_in_thread(thread_id)
+    steps = (await session.scalars(_CALL_STEPS, params)).all()
+    rows = (await session.scalars(_ITEMS, params)).all()
     hidden = {row.data.get("id") for row in rows if row.type == DELETED}
-    run_tools = await session.execute(
-        select(Run.id, Run.tools).where(Run.id.in_({step.run_id for step in steps}))
+    run_ids = {step.run_id for step in steps}
+    run_tools = (
+        (await session.execute(select(Run.id, Run.tools).where(Run.id.in_(run_ids)))).tuples()
+        if run_ids
+        else ()
     )
-    namespaces = {run_id: namespaced(tools) for run_id, tools in run_tools.tuples()}
+    namespaces = {run_id: namespaced(tools) for run_id, tools in run_tools}
     filenames = await filenames_of(session, list(messages))
     entries: list[Entry] = []
     for message in messages:

@@ -11,7 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hal9100.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+# Async, as every dependency here: FastAPI runs a plain `def` one in its thread pool, a
+# thread hand-off on every request for an attribute read.
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 

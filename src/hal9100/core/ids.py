@@ -8,8 +8,17 @@ import string
 _ALPHABET = string.ascii_letters + string.digits
 
 
+# 256 is 4 x 62 + 8: bytes below 248 map evenly onto the alphabet, the rest are redrawn.
+_EVEN = 248
+
+
 def new_id(prefix: str, length: int = 24) -> str:
-    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+    # One read of the OS's random source per id (secrets.choice per character was 1% of a
+    # run's CPU); rejection keeps every character uniform.
+    chars: list[str] = []
+    while len(chars) < length:
+        chars.extend(_ALPHABET[b % 62] for b in secrets.token_bytes(length + 4) if b < _EVEN)
+    return prefix + "".join(chars[:length])
 
 
 def assistant_id() -> str:

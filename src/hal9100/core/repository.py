@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.core.errors import not_found
 from hal9100.core.pagination import ListParams, paginate
 
 M = TypeVar("M")
+
+
+_BY_ID: dict[type[Any], Select[Any]] = {}
+
+
+def _by_id(model: type[Any]) -> Select[Any]:
+    # Built once per model: every request reads an object or two by id, and building and
+    # compiling the statement anew cost more than running it.
+    statement = _BY_ID.get(model)
+    if statement is None:
+        statement = _BY_ID[model] = select(model).where(model.id == bindparam("object_id"))
+    return statement
 
 
 class Repository(Generic[M]):
@@ -22,7 +34,7 @@ class Repository(Generic[M]):
         self.session = session
 
     async def get(self, object_id: str) -> M | None:
-        result = await self.session.scalars(select(self.model).where(self.model.id == object_id))
+        result = await self.session.scalars(_by_id(self.model), {"object_id": object_id})
         return result.first()
 
     async def get_or_404(self, object_id: str, param: str | None = None) -> M:

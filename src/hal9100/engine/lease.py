@@ -6,13 +6,41 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 
 from hal9100.core.clock import now
 from hal9100.db.engine import SessionMaker
 from hal9100.db.models import Run, RunStatus
 from hal9100.engine.state import RUNNABLE
+
+
+def _claim(statuses: tuple[RunStatus, ...], **values: Any) -> Any:
+    """A claim's guarded UPDATE, built once (building and compiling it on every run cost
+    more than running it): the run is free (no lease, or a lapsed one) and in `statuses`."""
+    free = or_(Run.lease_owner.is_(None), Run.lease_expires_at < bindparam("stamp"))
+    return (
+        update(Run)
+        .where(Run.id == bindparam("run_id"), Run.status.in_([s.value for s in statuses]), free)
+        .values(
+            lease_owner=bindparam("owner"),
+            lease_expires_at=bindparam("expires"),
+            epoch=Run.epoch + 1,
+            **values,
+        )
+        .returning(Run)
+        # A fresh session: no object of its to keep in step with the update.
+        .execution_options(synchronize_session=False)
+    )
+
+
+_START = _claim(
+    (RunStatus.QUEUED,),
+    status=RunStatus.IN_PROGRESS,
+    started_at=func.coalesce(Run.started_at, bindparam("started")),
+)
+_TAKE_OVER = _claim(RUNNABLE)
 
 
 class Lease:
@@ -25,34 +53,21 @@ class Lease:
         """Take the lease on a run that has work. Returns the run, and whether this claim
         also started it (queued -> in_progress)."""
         stamp = time.time()
-        free = or_(Run.lease_owner.is_(None), Run.lease_expires_at < stamp)
-        lease = {
-            "lease_owner": self.worker_id,
-            "lease_expires_at": stamp + self.seconds,
-            "epoch": Run.epoch + 1,
+        params = {
+            "run_id": run_id,
+            "owner": self.worker_id,
+            "stamp": stamp,
+            "expires": stamp + self.seconds,
+            "started": now(),
         }
         async with self.sessions() as session:
             # The common case in one statement: a queued run (new, or resumed with tool
             # outputs) is claimed and started together.
-            run = await session.scalar(
-                update(Run)
-                .where(Run.id == run_id, Run.status == RunStatus.QUEUED, free)
-                .values(
-                    **lease,
-                    status=RunStatus.IN_PROGRESS,
-                    started_at=func.coalesce(Run.started_at, now()),
-                )
-                .returning(Run)
-            )
+            run = await session.scalar(_START, params)
             started = run is not None
             if run is None:
                 # Taking over a run in progress or being cancelled (its worker died).
-                run = await session.scalar(
-                    update(Run)
-                    .where(Run.id == run_id, Run.status.in_(RUNNABLE), free)
-                    .values(**lease)
-                    .returning(Run)
-                )
+                run = await session.scalar(_TAKE_OVER, params)
             if run is None:
                 await session.rollback()
                 return None

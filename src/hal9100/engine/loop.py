@@ -26,7 +26,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,6 +58,14 @@ if TYPE_CHECKING:
     from hal9100.vector_stores.search import VectorSearch
 
 log = logging.getLogger(__name__)
+
+# Whether this execution still owns the run, asked before it adds the run's rows; built once
+# (building and compiling it per call cost more than running it).
+_OWNED = select(Run.epoch).where(
+    Run.id == bindparam("run_id"),
+    Run.epoch == bindparam("epoch"),
+    Run.status.in_([s.value for s in RUNNABLE]),
+)
 
 # Executions of one run that may end in an unexpected error in a row (a bug, a storage
 # outage) before the run fails instead of being dispatched, and its model called, again.
@@ -201,11 +209,7 @@ class _Job:
         if after:
             await asyncio.sleep(after)
         async with self.x.sessions() as session:
-            owner = await session.scalar(
-                select(Run.epoch).where(
-                    Run.id == self.run_id, Run.epoch == self.epoch, Run.status.in_(RUNNABLE)
-                )
-            )
+            owner = await session.scalar(_OWNED, {"run_id": self.run_id, "epoch": self.epoch})
             if owner is None:
                 raise LeaseLost
             session.add_all(rows)

@@ -7,9 +7,10 @@ the lease epoch it holds), so two processes racing on one run cannot both win.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.core.clock import now
@@ -38,15 +39,34 @@ async def transition(
 ) -> Run | None:
     """Apply `values` if the run is still in one of `from_statuses` (and at `epoch`, for an
     engine). Returns the updated run, or None when the guard failed. Does not commit."""
-    query = update(Run).where(Run.id == run_id, Run.status.in_(from_statuses))
+    statement = _transition_statement(from_statuses, tuple(values), epoch is not None)
+    params = {f"v_{name}": value for name, value in values.items()}
+    params["run_id"] = run_id
     if epoch is not None:
-        query = query.where(Run.epoch == epoch)
-    # One round trip: the guarded UPDATE hands back the row it changed (SQLite >= 3.35 and
-    # PostgreSQL both support RETURNING).
-    run: Run | None = await session.scalar(
-        query.values(**values).returning(Run).execution_options(populate_existing=True)
-    )
+        params["fence_epoch"] = epoch
+    run: Run | None = await session.scalar(statement, params)
     return run
+
+
+@functools.cache
+def _transition_statement(
+    from_statuses: tuple[RunStatus, ...], columns: tuple[str, ...], fenced: bool
+) -> Any:
+    """The guarded UPDATE for one shape of transition, built once: building and compiling
+    it anew on every turn cost more than running it. Its values are parameters."""
+    query = update(Run).where(
+        Run.id == bindparam("run_id"), Run.status.in_([s.value for s in from_statuses])
+    )
+    if fenced:
+        query = query.where(Run.epoch == bindparam("fence_epoch"))
+    # One round trip: the guarded UPDATE hands back the row it changed (SQLite >= 3.35 and
+    # PostgreSQL both support RETURNING), loaded over any copy the session holds; so the
+    # session's other objects need no matching against the criteria (synchronize_session).
+    return (
+        query.values({name: bindparam(f"v_{name}") for name in columns})
+        .returning(Run)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
 
 
 def terminal_values(status: RunStatus, **extra: Any) -> dict[str, Any]:

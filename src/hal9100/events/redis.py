@@ -79,9 +79,13 @@ class RedisEventBus:
     START = "0-0"
 
     def __init__(
-        self, url: str, prefix: str = "hal9100", retain_seconds: float = RETAIN_SECONDS
+        self,
+        url: str,
+        prefix: str = "hal9100",
+        retain_seconds: float = RETAIN_SECONDS,
+        max_connections: int = 10_000,
     ) -> None:
-        self.redis = redis.Redis.from_url(url)
+        self.redis = redis.Redis.from_url(url, max_connections=max_connections)
         self.prefix = prefix
         self.retain_seconds = max(1, int(retain_seconds))
         self._cancel_channel = f"{prefix}:cancel"

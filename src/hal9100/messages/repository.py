@@ -1,10 +1,18 @@
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from hal9100.core.pagination import ListParams
 from hal9100.core.repository import Repository
 from hal9100.db.models import Message
+
+# A thread's messages in order, read for every model turn's prompt; built once (building and
+# compiling it anew cost more than running it).
+_ALL_IN_THREAD = (
+    select(Message)
+    .where(Message.thread_id == bindparam("thread_id"))
+    .order_by(Message.created_at, Message.seq)
+)
 
 
 class MessageRepository(Repository[Message]):
@@ -25,9 +33,5 @@ class MessageRepository(Repository[Message]):
         return await self.page(params, query)
 
     async def all_in_thread(self, thread_id: str) -> list[Message]:
-        result = await self.session.scalars(
-            select(Message)
-            .where(Message.thread_id == thread_id)
-            .order_by(Message.created_at, Message.seq)
-        )
+        result = await self.session.scalars(_ALL_IN_THREAD, {"thread_id": thread_id})
         return list(result.all())

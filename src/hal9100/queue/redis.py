@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from saq import Worker
@@ -43,8 +44,16 @@ class RedisTaskQueue:
     """One SAQ queue per task, so each task has its own lane and concurrency. A run's queue
     keeps the name it had before tasks had lanes (`<prefix>-runs`)."""
 
-    def __init__(self, url: str, *, prefix: str = "hal9100", drain_seconds: int = 30) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "hal9100",
+        drain_seconds: int = 30,
+        max_connections: int = 10_000,
+    ) -> None:
         self.url = url
+        self.max_connections = max_connections
         self.prefix = prefix
         self.drain_seconds = drain_seconds
         self._queues: dict[str, _Queue] = {}
@@ -57,8 +66,10 @@ class RedisTaskQueue:
             name = f"{self.prefix}-runs" if task == EXECUTE_RUN else f"{self.prefix}-{task}"
             if worker:
                 name = f"{name}@{worker}"
-            queue = _Queue.from_url(self.url, name=name)
-            assert isinstance(queue, _Queue)
+            # Not SAQ's from_url, which leaves redis-py's pool at 100 connections: a worker
+            # holds one per run slot in a blocking dequeue.
+            client = Redis.from_url(self.url, max_connections=self.max_connections)
+            queue = _Queue(client, name=name)
             self._queues[lane] = queue
         return self._queues[lane]
 

@@ -15,7 +15,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hal9100.core import ids
@@ -36,6 +36,38 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 # The first token's events leave before its message row is written: an embedded SQLite write
 # runs on the event loop, and would otherwise go first and hold up the stream.
 FIRST_WRITE_DELAY = 0.002
+
+# Statements of every turn, built once: building and compiling them anew cost more than
+# running them. The turn's own objects are written back as plain UPDATEs (no re-read).
+_RUN_STEPS = (
+    select(RunStep)
+    .where(RunStep.run_id == bindparam("run_id"))
+    .order_by(RunStep.created_at, RunStep.seq)
+)
+_END_MESSAGE = (
+    update(Message)
+    .where(Message.id == bindparam("message_id"))
+    .values(
+        {
+            name: bindparam(f"v_{name}")
+            for name in (
+                "content",
+                "attachments",
+                "status",
+                "completed_at",
+                "incomplete_at",
+                "incomplete_details",
+            )
+        }
+    )
+    .execution_options(synchronize_session=False)
+)
+_END_STEP = (
+    update(RunStep)
+    .where(RunStep.id == bindparam("step_id"))
+    .values({name: bindparam(f"v_{name}") for name in ("status", "completed_at", "usage")})
+    .execution_options(synchronize_session=False)
+)
 
 
 @dataclass
@@ -200,15 +232,7 @@ class AssistantsRecorder:
     ) -> Prompt:
         self._saw(run)
         messages = await MessageRepository(session).all_in_thread(run.thread_id)
-        steps = list(
-            (
-                await session.scalars(
-                    select(RunStep)
-                    .where(RunStep.run_id == run.id)
-                    .order_by(RunStep.created_at, RunStep.seq)
-                )
-            ).all()
-        )
+        steps = list((await session.scalars(_RUN_STEPS, {"run_id": run.id})).all())
         images = await self._images(session, image_file_ids(messages))
         self._saw_steps(steps)
         notes = await self._notes(session, run)
@@ -472,7 +496,6 @@ class AssistantsRecorder:
         }
         if turn.message is not None and turn.message_step is not None:
             announced = turn.message_done_at is not None
-            # The turn's own objects, written back as plain UPDATEs (no re-read).
             message, step = turn.message, turn.message_step
             message.content = self._message_content(turn)
             message.attachments = self._attachments(turn)
@@ -487,23 +510,25 @@ class AssistantsRecorder:
             step.completed_at = turn.message_done_at or stamp
             step.usage = turn_usage if turn.tool_step is None else None
             await session.execute(
-                update(Message)
-                .where(Message.id == message.id)
-                .values(
-                    content=message.content,
-                    attachments=message.attachments,
-                    status=message.status,
-                    completed_at=message.completed_at,
-                    incomplete_at=message.incomplete_at,
-                    incomplete_details=message.incomplete_details,
-                )
-                .execution_options(synchronize_session=False)
+                _END_MESSAGE,
+                {
+                    "message_id": message.id,
+                    "v_content": message.content,
+                    "v_attachments": message.attachments,
+                    "v_status": message.status,
+                    "v_completed_at": message.completed_at,
+                    "v_incomplete_at": message.incomplete_at,
+                    "v_incomplete_details": message.incomplete_details,
+                },
             )
             await session.execute(
-                update(RunStep)
-                .where(RunStep.id == step.id)
-                .values(status=step.status, completed_at=step.completed_at, usage=step.usage)
-                .execution_options(synchronize_session=False)
+                _END_STEP,
+                {
+                    "step_id": step.id,
+                    "v_status": step.status,
+                    "v_completed_at": step.completed_at,
+                    "v_usage": step.usage,
+                },
             )
             if not announced:
                 events.append(
