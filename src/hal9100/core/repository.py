@@ -14,6 +14,7 @@ M = TypeVar("M")
 
 
 _BY_ID: dict[type[Any], Select[Any]] = {}
+_EXISTS: dict[type[Any], Select[Any]] = {}
 
 
 def _by_id(model: type[Any]) -> Select[Any]:
@@ -22,6 +23,13 @@ def _by_id(model: type[Any]) -> Select[Any]:
     statement = _BY_ID.get(model)
     if statement is None:
         statement = _BY_ID[model] = select(model).where(model.id == bindparam("object_id"))
+    return statement
+
+
+def _exists(model: type[Any]) -> Select[Any]:
+    statement = _EXISTS.get(model)
+    if statement is None:
+        statement = _EXISTS[model] = select(model.seq).where(model.id == bindparam("object_id"))
     return statement
 
 
@@ -44,10 +52,14 @@ class Repository(Generic[M]):
         return obj
 
     async def exists(self, object_id: str) -> bool:
-        found = await self.session.scalar(
-            select(self.model.seq).where(self.model.id == object_id).limit(1)
-        )
+        found = await self.session.scalar(_exists(self.model), {"object_id": object_id})
         return found is not None
+
+    async def ensure_exists(self, object_id: str, param: str | None = None) -> None:
+        """The 404 of `get_or_404`, for a caller that needs no more than the object being
+        there (a column read, not an object loaded)."""
+        if not await self.exists(object_id):
+            raise not_found(self.noun, object_id, param)
 
     async def missing_ids(self, ids: list[str]) -> list[str]:
         if not ids:

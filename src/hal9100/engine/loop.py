@@ -35,6 +35,7 @@ from hal9100.core.clock import now
 from hal9100.core.text import storable
 from hal9100.db.engine import SessionMaker
 from hal9100.db.models import Run, RunStatus
+from hal9100.db.rows import insert_rows
 from hal9100.engine import calls as calls_
 from hal9100.engine.lease import Lease
 from hal9100.engine.recorder import Call, Execution, Recorder, RecorderFactory, TurnEnd
@@ -212,7 +213,7 @@ class _Job:
             owner = await session.scalar(_OWNED, {"run_id": self.run_id, "epoch": self.epoch})
             if owner is None:
                 raise LeaseLost
-            session.add_all(rows)
+            await insert_rows(session, rows)
             await session.commit()
 
     async def tools(self, run: Run) -> Toolset:

@@ -16,6 +16,7 @@ from hal9100.core.pagination import ListParams, envelope
 from hal9100.core.resources import add_to_thread_store, check_file_refs
 from hal9100.core.schemas import DeletedObject, ListResponse, dump_json
 from hal9100.db.models import Message, Thread
+from hal9100.db.rows import insert_rows
 from hal9100.messages.repository import MessageRepository
 from hal9100.messages.schemas import MessageCreate, MessageObject, MessageUpdate
 from hal9100.runs.repository import RunRepository
@@ -116,20 +117,20 @@ async def ensure_no_active_run(session: AsyncSession, thread_id: str) -> None:
 async def create(
     session: AsyncSession, runtime: Runtime, thread_id: str, body: MessageCreate
 ) -> MessageObject:
-    thread = await ThreadRepository(session).get_or_404(thread_id)
-    row = await build_message(session, thread_id, body, runtime=runtime, thread=thread)
-    MessageRepository(session).add(row)
+    # The thread itself is read only if attachments go into its vector store.
+    await ThreadRepository(session).ensure_exists(thread_id)
+    row = await build_message(session, thread_id, body, runtime=runtime)
     # Checked after the insert, in its transaction: on SQLite (which ignores the row lock the
     # check takes) that transaction holds the database's write lock by then, so a run that
     # another process adds is either seen here or added after this message.
-    await session.flush()
+    await insert_rows(session, [row])
     await ensure_no_active_run(session, thread_id)
     await stores.commit(session, runtime)
     return to_object(row)
 
 
 async def _get(session: AsyncSession, thread_id: str, message_id: str) -> Message:
-    await ThreadRepository(session).get_or_404(thread_id)
+    await ThreadRepository(session).ensure_exists(thread_id)
     row = await MessageRepository(session).get_in_thread(thread_id, message_id)
     if row is None:
         raise not_found("message", message_id)
@@ -160,6 +161,6 @@ async def delete(session: AsyncSession, thread_id: str, message_id: str) -> Dele
 async def list_(
     session: AsyncSession, thread_id: str, params: ListParams, run_id: str | None
 ) -> ListResponse[MessageObject]:
-    await ThreadRepository(session).get_or_404(thread_id)
+    await ThreadRepository(session).ensure_exists(thread_id)
     rows, has_more = await MessageRepository(session).page_in_thread(thread_id, params, run_id)
     return envelope([to_object(r) for r in rows], has_more)

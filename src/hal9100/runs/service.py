@@ -19,6 +19,7 @@ from hal9100.core.errors import bad_request, not_found
 from hal9100.core.pagination import ListParams, envelope
 from hal9100.core.schemas import ListResponse, dump_json
 from hal9100.db.models import Assistant, Run, RunStatus, RunStep
+from hal9100.db.rows import insert_rows
 from hal9100.engine.state import TERMINAL, terminal_values, transition
 from hal9100.events.base import RunEvent
 from hal9100.messages.service import build_message
@@ -201,12 +202,12 @@ async def create(
         await check_tools(dump_json(body.tools))
     _check_include(include)
     for attempt in range(1, _CREATE_ATTEMPTS + 1):
-        await ThreadRepository(session).get_or_404(thread_id)
+        await ThreadRepository(session).ensure_exists(thread_id)
         assistant = await AssistantRepository(session).get_or_404(body.assistant_id, "assistant_id")
         tools, tool_choice = _run_tools(body, assistant.tools)
         if await _check_named(session, tools, tool_choice):
             # The session let go to parse: read again what the run is made from.
-            await ThreadRepository(session).get_or_404(thread_id)
+            await ThreadRepository(session).ensure_exists(thread_id)
             assistant = await AssistantRepository(session).get_or_404(
                 body.assistant_id, "assistant_id"
             )
@@ -222,8 +223,8 @@ async def create(
                     runtime=runtime,
                 )
             )
-        session.add(run)
         try:
+            await insert_rows(session, [run])
             await stores.commit(session, runtime)
             break
         except IntegrityError:
@@ -276,7 +277,7 @@ async def create_thread_and_run(
 
 
 async def _get(session: AsyncSession, thread_id: str, run_id: str) -> Run:
-    await ThreadRepository(session).get_or_404(thread_id)
+    await ThreadRepository(session).ensure_exists(thread_id)
     run = await session.scalar(select(Run).where(Run.id == run_id, Run.thread_id == thread_id))
     if run is None:
         raise not_found("run", run_id)
@@ -298,7 +299,7 @@ async def update(session: AsyncSession, thread_id: str, run_id: str, body: RunUp
 async def list_(
     session: AsyncSession, thread_id: str, params: ListParams
 ) -> ListResponse[RunObject]:
-    await ThreadRepository(session).get_or_404(thread_id)
+    await ThreadRepository(session).ensure_exists(thread_id)
     rows, has_more = await RunRepository(session).page(
         params, select(Run).where(Run.thread_id == thread_id)
     )

@@ -114,6 +114,9 @@ async def follow(
                         yield [final]
                         break
                     continue
+                # Woken by one event: one turn of the loop lets the events published with
+                # it (a model's chunks read in one go) join it in the same write.
+                await asyncio.sleep(0)
             if item is None:  # the segment ended (a closing event, or an error)
                 break
             suspect = False

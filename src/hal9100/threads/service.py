@@ -95,7 +95,7 @@ async def update(
 
 
 async def delete(session: AsyncSession, runtime: Runtime, thread_id: str) -> DeletedObject:
-    await ThreadRepository(session).get_or_404(thread_id)
+    await ThreadRepository(session).ensure_exists(thread_id)
     # The thread, then its runs, are locked before any row goes, so this waits for a run's
     # executor writing at that moment instead of deadlocking with it on PostgreSQL: its
     # inserts hold the thread (the messages' key), a turn's end holds the run and then takes
