@@ -60,10 +60,15 @@ async def _retrying(
     while True:
         try:
             return await _cancellable(operation, finish=finish)
-        except TRANSIENT:
+        except TRANSIENT as exc:
             if waited >= patience:
                 raise
-            log.warning("redis unavailable during %s; retrying in %.2fs", what, delay)
+            log.warning(
+                "redis unavailable during %s (%s); retrying in %.2fs",
+                what,
+                exc or type(exc).__name__,
+                delay,
+            )
             await asyncio.sleep(delay)
             waited += delay
             delay = min(delay * 2, 1.0)
@@ -85,7 +90,12 @@ class RedisEventBus:
         retain_seconds: float = RETAIN_SECONDS,
         max_connections: int = 10_000,
     ) -> None:
-        self.redis = redis.Redis.from_url(url, max_connections=max_connections)
+        # redis-py's socket timeout (5 s by default since 8.0) must outlast a blocking read:
+        # at 5 s a loaded machine's XREAD answers came a moment late, and each was taken
+        # for a dead connection (dropped, reconnected, logged as Redis unavailable).
+        self.redis = redis.Redis.from_url(
+            url, max_connections=max_connections, socket_timeout=BLOCK_MS / 1000 + 10
+        )
         self.prefix = prefix
         self.retain_seconds = max(1, int(retain_seconds))
         self._cancel_channel = f"{prefix}:cancel"
