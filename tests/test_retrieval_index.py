@@ -534,10 +534,14 @@ async def test_pgvector_hnsw_used_and_exact_for_small_stores(pg_vector_url: str)
         chunks = await _filled(index, big, "file-a", [f"chunk {i}" for i in range(120)], dims=384)
         few = await _filled(index, small, "file-b", DOCS[:3], dims=384, seed=5)
         async with engine.connect() as conn:
-            # On a table this small the planner may rightly prefer a sequential scan (whether it
-            # does depends on statistics autovacuum may or may not have gathered yet); with
-            # that scan ruled out, the plan shows whether the query's shape can use the index.
-            await conn.execute(sql_text("SET LOCAL enable_seqscan = off"))
+            # On a table this small the planner may rightly prefer a scan and a sort to the
+            # HNSW index (whether it does depends on statistics autovacuum may or may not have
+            # gathered yet: a CI run got a bitmap scan of the store index and a sort); with
+            # those ruled out, the plan shows whether the query's shape can use the index.
+            # The statistics are gathered first, so the plan does not depend on autovacuum.
+            await conn.execute(sql_text("ANALYZE chunk_index_windows"))
+            for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+                await conn.execute(sql_text(f"SET LOCAL {setting} = off"))
             plan = "\n".join(
                 str(row[0])
                 for row in await conn.execute(
